@@ -1,0 +1,95 @@
+"""Decides whether a handshake may become a client (BRIEF §3).
+
+Runs the checks in the brief's order (origin, token presence, signature and
+claims, single use) and logs each refusal once, with its fixed reason phrase,
+the peer and the Origin: never the token.  It knows nothing of WebSockets;
+the protocol turns a :class:`Refused` into an HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nanostream import reasons
+from nanostream.ledger import ILedger
+from nanostream.origins import OriginPolicy
+from nanostream.tokens import AcceptedToken, TokenRejected, TokenVerifier
+
+_log = Logger()
+
+
+class Refused(Exception):
+    """A handshake refused for a reason the operator should see."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = reasons.STATUS[reason]
+
+
+class Admission:
+    """The gate every handshake passes; ``verifier=None`` means ``--no-auth``."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        verifier: TokenVerifier | None,
+        ledger: ILedger | None,
+        origins: OriginPolicy,
+    ) -> None:
+        self._clock = clock
+        self._verifier = verifier
+        self._ledger = ledger
+        self._origins = origins
+
+    def admit(
+        self, peer: str, origin: str | None, tokens: Sequence[str]
+    ) -> Deferred[AcceptedToken | None]:
+        """Fire with the accepted token (None without auth) or fail with Refused.
+
+        :param tokens: every value of the ``t`` query parameter.
+        """
+        try:
+            if not self._origins.allows(origin):
+                raise Refused(reasons.ORIGIN_NOT_ALLOWED)
+            if self._verifier is None:
+                return succeed(None)
+            if not tokens or not tokens[0]:
+                raise Refused(reasons.NO_TOKEN)
+            if len(tokens) > 1:
+                raise Refused(reasons.INVALID)
+            try:
+                accepted = self._verifier.verify(tokens[0], self._clock.seconds())
+            except TokenRejected as e:
+                raise Refused(e.reason) from None
+        except Refused as e:
+            self._log_refusal(e, peer, origin)
+            return fail(e)
+
+        assert self._ledger is not None
+        d = self._ledger.consume(accepted.token_id, accepted.expires_at)
+        d.addCallback(self._first_use, accepted, peer, origin)
+        return d
+
+    def _first_use(
+        self, first: bool, accepted: AcceptedToken, peer: str, origin: str | None
+    ) -> AcceptedToken | Failure:
+        if first:
+            return accepted
+        refused = Refused(reasons.ALREADY_USED)
+        self._log_refusal(refused, peer, origin)
+        return Failure(refused)
+
+    def _log_refusal(self, refused: Refused, peer: str, origin: str | None) -> None:
+        _log.warn(
+            "rejected handshake from {peer}: {reason}",
+            reason=refused.reason,
+            status=refused.status,
+            peer=peer,
+            origin=origin,
+        )

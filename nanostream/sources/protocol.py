@@ -1,0 +1,92 @@
+"""The byte-stream side of a source: one producer's bytes into lines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nanostream.lines import LineSplitter
+from nanostream.sources import LineSink
+
+_log = Logger()
+
+
+class LineSourceProtocol(Protocol):
+    """Splits one producer's byte stream and hands each read's lines on.
+
+    Unlike ``LineReceiver`` it never closes the connection over a long line:
+    that line is dropped with a warning and reading goes on.
+    """
+
+    def __init__(
+        self,
+        sink: LineSink,
+        max_line_bytes: int,
+        name: str,
+        on_end: Callable[[Failure], None] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._name = name
+        self._on_end = on_end
+        self._splitter = LineSplitter(max_line_bytes, self._overlong)
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = self._splitter.feed(data)
+        if lines:
+            self._sink.broadcast(lines)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        lines = self._splitter.finish()
+        if lines:
+            self._sink.broadcast(lines)
+        if self._on_end is not None:
+            self._on_end(reason)
+
+    def _overlong(self, length: int) -> None:
+        _log.warn(
+            "discarded a line of at least {length} bytes from {source}: "
+            "longer than {limit}",
+            length=length,
+            limit=self._splitter.max_line_bytes,
+            source=self._name,
+        )
+
+
+class LineSourceFactory(Factory):
+    """Producers connecting to an endpoint source, one splitter each."""
+
+    def __init__(self, sink: LineSink, max_line_bytes: int) -> None:
+        self._sink = sink
+        self._max_line_bytes = max_line_bytes
+        self.producers = 0
+
+    def buildProtocol(self, addr: IAddress) -> LineSourceProtocol:
+        name = _describe(addr)
+        self.producers += 1
+        _log.info(
+            "producer connected: {producer} ({producers} producers)",
+            producer=name,
+            producers=self.producers,
+        )
+
+        def ended(reason: Failure) -> None:
+            self.producers -= 1
+            _log.info(
+                "producer disconnected: {producer} ({producers} producers)",
+                producer=name,
+                producers=self.producers,
+            )
+
+        return LineSourceProtocol(self._sink, self._max_line_bytes, name, ended)
+
+
+def _describe(addr: IAddress) -> str:
+    host = getattr(addr, "host", None)
+    if host is not None:
+        return f"{host}:{getattr(addr, 'port', '')}"
+    name = getattr(addr, "name", None)
+    return name.decode() if isinstance(name, bytes) else str(name or addr)

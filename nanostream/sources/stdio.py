@@ -1,0 +1,52 @@
+"""The default source: lines piped into the process's stdin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet import stdio
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nanostream.sources import LineSink
+from nanostream.sources.protocol import LineSourceProtocol
+
+_log = Logger()
+
+
+class StdioSource(Service):
+    """Reads stdin from start until EOF, then calls ``on_eof`` (stop the service)."""
+
+    def __init__(
+        self,
+        sink: LineSink,
+        max_line_bytes: int,
+        on_eof: Callable[[], None],
+        reactor: object = None,
+    ) -> None:
+        self._sink = sink
+        self._max_line_bytes = max_line_bytes
+        self._on_eof = on_eof
+        self._reactor = reactor
+        self._stdio: stdio.StandardIO | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        protocol = LineSourceProtocol(
+            self._sink, self._max_line_bytes, "stdin", self._ended
+        )
+        _log.info("source: stdin")
+        self._stdio = stdio.StandardIO(protocol, reactor=self._reactor)
+
+    def _ended(self, reason: Failure) -> None:
+        self._stdio = None
+        if not self.running:
+            return
+        _log.info("source ended: end of stdin; closing every client")
+        self._on_eof()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._stdio is not None:
+            self._stdio.loseConnection()

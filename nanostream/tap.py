@@ -1,0 +1,241 @@
+"""``twistd nanostream`` / ``twist nanostream``: options and service assembly.
+
+Every option is converted in its ``opt_*`` method (whose docstring is the
+``--help`` text) and checked against the others in ``postOptions``; each
+mistake is one ``UsageError`` line.  ``makeService`` only assembles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from nanostream.admission import Admission
+from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES, Broadcaster
+from nanostream.ledger import MemoryLedger
+from nanostream.lines import DEFAULT_MAX_LINE_BYTES
+from nanostream.listening import announced_service
+from nanostream.origins import OriginPolicy
+from nanostream.secret import SecretError, load_secret
+from nanostream.service import BroadcastService, ClientTracker
+from nanostream.sources.protocol import LineSourceFactory
+from nanostream.sources.stdio import StdioSource
+from nanostream.tokens import RECOMMENDED_SECRET_BYTES, TokenVerifier
+from nanostream.websocket import NanostreamServerFactory
+
+DEFAULT_LISTEN = "tcp:8080"
+STDIO = "stdio"
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def _number(
+    kind: Callable[[str], Any], option: str, minimum: float, *, above: bool = False
+) -> Callable[[str], Any]:
+    """A converter that names the option in its error."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise usage.UsageError(f"{option} takes a number, not {text!r}") from None
+        if value < minimum or (above and value == minimum):
+            relation = "above" if above else "at least"
+            raise usage.UsageError(f"{option} must be {relation} {minimum}")
+        return value
+
+    return convert
+
+
+class Options(usage.Options):
+    """Options of the nanostream service (BRIEF §2)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Broadcast every line from a source (stdin by default) as one "
+        "WebSocket message to every client holding a valid single-use token."
+    )
+
+    optFlags = [
+        ["no-auth", None, "Run without tokens: anyone who can connect may listen."],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self["listen"] = []
+        self["origin"] = []
+        self["secret"] = None
+        self["secret-file"] = None
+        self["source"] = STDIO
+        self["ping-interval"] = 30.0
+        self["ping-timeout"] = 30.0
+        self["leeway"] = 0.0
+        self["max-token-ttl"] = 3600.0
+        self["max-line-bytes"] = DEFAULT_MAX_LINE_BYTES
+        self["max-buffer-bytes"] = DEFAULT_MAX_BUFFER_BYTES
+
+    def opt_secret(self, value: str) -> None:
+        """The HS256 key itself (visible in `ps`: prefer --secret-file)."""
+        self["secret"] = value
+
+    def opt_secret_file(self, path: str) -> None:
+        """File holding the HS256 key; a trailing newline is ignored."""
+        self["secret-file"] = path
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to accept WebSocket clients on (repeatable) [default: tcp:8080]."""
+        self["listen"].append(description)
+
+    def opt_source(self, source: str) -> None:
+        """stdio, or a server endpoint producers write lines to [default: stdio]."""
+        self["source"] = source
+
+    def opt_origin(self, pattern: str) -> None:
+        """Allowed Origin value, "*" as wildcard (repeatable) [default: any]."""
+        self["origin"].append(pattern)
+
+    def opt_ping_interval(self, value: str) -> None:
+        """Seconds between WebSocket pings, 0 for none [default: 30]."""
+        self["ping-interval"] = _number(float, "--ping-interval", 0)(value)
+
+    def opt_ping_timeout(self, value: str) -> None:
+        """Seconds to wait for a pong before dropping a client [default: 30]."""
+        self["ping-timeout"] = _number(float, "--ping-timeout", 0, above=True)(value)
+
+    def opt_leeway(self, value: str) -> None:
+        """Seconds of clock skew allowed on exp and nbf [default: 0]."""
+        self["leeway"] = _number(float, "--leeway", 0)(value)
+
+    def opt_max_token_ttl(self, value: str) -> None:
+        """Refuse tokens whose exp lies more seconds ahead [default: 3600]."""
+        self["max-token-ttl"] = _number(float, "--max-token-ttl", 0, above=True)(value)
+
+    def opt_max_line_bytes(self, value: str) -> None:
+        """Discard longer lines, with a warning [default: 1048576]."""
+        self["max-line-bytes"] = _number(int, "--max-line-bytes", 1)(value)
+
+    def opt_max_buffer_bytes(self, value: str) -> None:
+        """Drop a client with more unsent bytes than this [default: 4194304]."""
+        self["max-buffer-bytes"] = _number(int, "--max-buffer-bytes", 1)(value)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        self["key"] = self._key()
+        for description in self["listen"]:
+            _check_endpoint("--listen", description)
+        self._check_source()
+
+    def _key(self) -> bytes | None:
+        if self["no-auth"]:
+            given = [
+                name for name in ("secret", "secret-file") if self[name] is not None
+            ]
+            if given:
+                raise usage.UsageError(f"--no-auth and --{given[0]} contradict")
+            return None
+        try:
+            return load_secret(self["secret"], self["secret-file"], self.environ)
+        except SecretError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _check_source(self) -> None:
+        source = self["source"]
+        if source == STDIO:
+            if not self.foreground:
+                raise usage.UsageError(
+                    "--source stdio needs the foreground (twistd -n): a daemon has "
+                    "no stdin; use an endpoint source such as "
+                    "--source unix:/run/nanostream/in.sock"
+                )
+            return
+        if source.startswith(REDIS_SCHEMES):
+            raise usage.UsageError("--source: Redis sources are not supported yet")
+        _check_endpoint("--source", source)
+
+    @property
+    def foreground(self) -> bool:
+        """Under ``twistd`` only ``-n`` keeps stdin; ``twist`` never forks."""
+        parent = getattr(self, "parent", None)
+        if parent is None:
+            return True
+        try:
+            return bool(parent["nodaemon"])
+        except KeyError:
+            return True
+
+
+def _check_endpoint(option: str, description: str) -> None:
+    """Parse an endpoint string now, so a typo is a usage error, not a crash."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:  # parsers raise anything from ValueError to SSLError
+        detail = str(e) or type(e).__name__
+        raise usage.UsageError(
+            f"{option} {description!r} is not a usable endpoint: {detail}"
+        ) from None
+
+
+def _warnings(options: Options, key: bytes | None) -> list[str]:
+    if key is None:
+        return ["running with --no-auth: anyone who can connect may listen"]
+    if len(key) < RECOMMENDED_SECRET_BYTES:
+        return [
+            f"the secret is shorter than {RECOMMENDED_SECRET_BYTES} bytes; "
+            "a longer random key resists guessing"
+        ]
+    return []
+
+
+def makeService(options: Options) -> IService:
+    """Assemble the listeners, the source and the client lifecycle."""
+    from twisted.internet import reactor
+
+    key = options["key"]
+    broadcaster = Broadcaster(options["max-buffer-bytes"])
+    tracker = ClientTracker()
+    verifier = (
+        None
+        if key is None
+        else TokenVerifier(
+            key, leeway=options["leeway"], max_ttl=options["max-token-ttl"]
+        )
+    )
+    admission = Admission(
+        reactor,
+        verifier,
+        MemoryLedger(reactor) if verifier is not None else None,
+        OriginPolicy(options["origin"]),
+    )
+    factory = NanostreamServerFactory(
+        admission,
+        broadcaster,
+        tracker,
+        ping_interval=options["ping-interval"],
+        ping_timeout=options["ping-timeout"],
+        reactor=reactor,
+    )
+
+    top = MultiService()
+    BroadcastService(
+        broadcaster, tracker, reactor, _warnings(options, key)
+    ).setServiceParent(top)
+    for description in options["listen"]:
+        announced_service(description, factory, "websocket", reactor).setServiceParent(
+            top
+        )
+    source = options["source"]
+    max_line = options["max-line-bytes"]
+    if source == STDIO:
+        StdioSource(broadcaster, max_line, reactor.stop, reactor).setServiceParent(top)
+    else:
+        sources = LineSourceFactory(broadcaster, max_line)
+        announced_service(source, sources, "source", reactor).setServiceParent(top)
+    return top

@@ -1,0 +1,143 @@
+"""Autobahn glue: a listen-only WebSocket client behind the admission gate.
+
+The protocol asks :class:`~nanostream.admission.Admission` in ``onConnect``,
+registers with the :class:`~nanostream.broadcast.Broadcaster` in ``onOpen``
+and leaves it when the connection closes.  Lines never pass through
+Autobahn's per-message send path: the broadcaster writes pre-framed bytes
+straight to the transport.  Whatever a client sends is read and discarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txaio
+from autobahn.twisted.websocket import (
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nanostream.admission import Admission, Refused
+from nanostream.broadcast import Broadcaster, ClientSink
+from nanostream.service import ClientTracker
+
+_log = Logger()
+
+#: ``ConnectionDeny`` names no constant for 401.
+UNAUTHORIZED = 401
+
+#: The largest message a client may send; clients only listen, so anything
+#: beyond control frames and small pleasantries is closed with 1009.
+MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+
+GOING_AWAY = 1001
+
+
+class NanostreamServerProtocol(WebSocketServerProtocol):
+    """One listening client."""
+
+    # Autobahn's own per-connection chatter (handshake failures, drops) would
+    # duplicate our events; it keeps only errors.
+    log = txaio.make_logger(level="error")
+
+    factory: NanostreamServerFactory
+    _sink: ClientSink | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:
+        try:
+            d = self.factory.admission.admit(
+                request.peer, request.origin or None, request.params.get("t", ())
+            )
+        except Exception:
+            _log.failure("admission failed", peer=request.peer)
+            raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR) from None
+        d.addCallbacks(lambda _: None, self._deny)
+        return d
+
+    def _deny(self, failure: Failure) -> None:
+        if failure.check(Refused):
+            refused = failure.value
+            raise ConnectionDeny(refused.status, refused.reason)
+        _log.failure("admission failed", failure, peer=self.peer)
+        raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR)
+
+    def onOpen(self) -> None:
+        sink = ClientSink(self.transport.write, self)
+        self._sink = sink
+        self.transport.registerProducer(sink, True)
+        self.factory.tracker.opened()
+        broadcaster = self.factory.broadcaster
+        broadcaster.add(sink)
+        _log.info(
+            "client connected: {peer} ({clients} clients)",
+            peer=self.peer,
+            clients=len(broadcaster),
+        )
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Clients only listen: what they send is dropped here."""
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        self._sink = None
+        broadcaster = self.factory.broadcaster
+        broadcaster.remove(sink)
+        self.factory.tracker.closed()
+        _log.info(
+            "client disconnected: {peer} ({clients} clients)",
+            peer=self.peer,
+            code=code,
+            clients=len(broadcaster),
+        )
+
+    def dropSlowConsumer(self, unsent: int) -> None:
+        """Called by the broadcaster: this client cannot keep up."""
+        _log.warn(
+            "dropping slow consumer {peer}: {unsent} bytes unsent",
+            peer=self.peer,
+            unsent=unsent,
+        )
+        self.wasClean = False
+        self.wasNotCleanReason = "slow consumer"
+        self.dropConnection(abort=True)
+
+    def goAway(self) -> None:
+        """Close this client because the service is stopping (1001)."""
+        # sendClose() only admits the codes an application may choose;
+        # 1001 is the server's own, so go one level down.
+        self.sendCloseFrame(GOING_AWAY, b"server shutting down")
+
+
+class NanostreamServerFactory(WebSocketServerFactory):
+    """Builds :class:`NanostreamServerProtocol` s sharing one gate and fan-out."""
+
+    protocol = NanostreamServerProtocol
+
+    def __init__(
+        self,
+        admission: Admission,
+        broadcaster: Broadcaster,
+        tracker: ClientTracker,
+        *,
+        ping_interval: float = 30.0,
+        ping_timeout: float = 30.0,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(server="nanostream", reactor=reactor)
+        self.admission = admission
+        self.broadcaster = broadcaster
+        self.tracker = tracker
+        self.noisy = False
+        self.setProtocolOptions(
+            webStatus=False,
+            maxFramePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
+            maxMessagePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
+        )
