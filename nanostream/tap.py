@@ -8,6 +8,7 @@ mistake is one ``UsageError`` line.  ``makeService`` only assembles.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,8 +52,8 @@ def _number(
     return convert
 
 
-class Options(usage.Options):
-    """Options of the nanostream service (BRIEF §2)."""
+class ServiceOptions(usage.Options):
+    """Options of the nanostream service (BRIEF §2), raising ``UsageError``."""
 
     synopsis = "[options]"
     longdesc = (
@@ -170,6 +171,21 @@ class Options(usage.Options):
             return True
 
 
+class Options(ServiceOptions):
+    """What ``twistd``/``twist`` see: a mistake is one line on stderr and exit 64.
+
+    Both runners would otherwise print the whole help text around the error,
+    burying the one line that matters.
+    """
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"nanostream: {e}\n")
+            raise SystemExit(os.EX_USAGE) from None
+
+
 def _check_endpoint(option: str, description: str) -> None:
     """Parse an endpoint string now, so a typo is a usage error, not a crash."""
     from twisted.internet import reactor
@@ -183,7 +199,7 @@ def _check_endpoint(option: str, description: str) -> None:
         ) from None
 
 
-def _warnings(options: Options, key: bytes | None) -> list[str]:
+def _warnings(options: ServiceOptions, key: bytes | None) -> list[str]:
     if key is None:
         return ["running with --no-auth: anyone who can connect may listen"]
     if len(key) < RECOMMENDED_SECRET_BYTES:
@@ -194,7 +210,7 @@ def _warnings(options: Options, key: bytes | None) -> list[str]:
     return []
 
 
-def makeService(options: Options) -> IService:
+def makeService(options: ServiceOptions) -> IService:
     """Assemble the listeners, the source and the client lifecycle."""
     from twisted.internet import reactor
 
