@@ -15,3 +15,24 @@ class LineSink(Protocol):
     """Takes each batch of lines a source read, in order."""
 
     def broadcast(self, lines: Sequence[bytes]) -> None: ...
+
+
+class SourceStatus:
+    """Whether the source can deliver lines right now, and why not.
+
+    Every source keeps one up to date; readiness checks and metrics read it.
+    Stdin is connected until EOF; an endpoint source while at least one
+    producer is connected; a Redis source while subscribed.
+    """
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.detail = "source not started"
+
+    def up(self, detail: str) -> None:
+        self.connected = True
+        self.detail = detail
+
+    def down(self, detail: str) -> None:
+        self.connected = False
+        self.detail = detail

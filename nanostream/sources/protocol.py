@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.lines import LineSplitter
-from nanostream.sources import LineSink
+from nanostream.sources import LineSink, SourceStatus
 
 _log = Logger()
 
@@ -59,14 +59,22 @@ class LineSourceProtocol(Protocol):
 class LineSourceFactory(Factory):
     """Producers connecting to an endpoint source, one splitter each."""
 
-    def __init__(self, sink: LineSink, max_line_bytes: int) -> None:
+    def __init__(
+        self,
+        sink: LineSink,
+        max_line_bytes: int,
+        status: SourceStatus | None = None,
+    ) -> None:
         self._sink = sink
         self._max_line_bytes = max_line_bytes
+        self.status = SourceStatus() if status is None else status
+        self.status.down("no producer connected")
         self.producers = 0
 
     def buildProtocol(self, addr: IAddress) -> LineSourceProtocol:
         name = _describe(addr)
         self.producers += 1
+        self.status.up(f"{self.producers} producers connected")
         _log.info(
             "producer connected: {producer} ({producers} producers)",
             producer=name,
@@ -75,6 +83,10 @@ class LineSourceFactory(Factory):
 
         def ended(reason: Failure) -> None:
             self.producers -= 1
+            if self.producers:
+                self.status.up(f"{self.producers} producers connected")
+            else:
+                self.status.down("no producer connected")
             _log.info(
                 "producer disconnected: {producer} ({producers} producers)",
                 producer=name,

@@ -9,7 +9,7 @@ from twisted.internet import stdio
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanostream.sources import LineSink
+from nanostream.sources import LineSink, SourceStatus
 from nanostream.sources.protocol import LineSourceProtocol
 
 _log = Logger()
@@ -24,7 +24,9 @@ class StdioSource(Service):
         max_line_bytes: int,
         on_eof: Callable[[], None],
         reactor: object = None,
+        status: SourceStatus | None = None,
     ) -> None:
+        self.status = SourceStatus() if status is None else status
         self._sink = sink
         self._max_line_bytes = max_line_bytes
         self._on_eof = on_eof
@@ -37,10 +39,12 @@ class StdioSource(Service):
             self._sink, self._max_line_bytes, "stdin", self._ended
         )
         _log.info("source: stdin")
+        self.status.up("reading stdin")
         self._stdio = stdio.StandardIO(protocol, reactor=self._reactor)
 
     def _ended(self, reason: Failure) -> None:
         self._stdio = None
+        self.status.down("stdin closed")
         if not self.running:
             return
         _log.info("source ended: end of stdin; closing every client")
