@@ -16,6 +16,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -66,6 +67,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR)
 
     def onOpen(self) -> None:
+        _shed_handshake_state(self)
         sink = ClientSink(self.transport.write, self)
         self._sink = sink
         self.transport.registerProducer(sink, True)
@@ -114,6 +116,59 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
 
 
+#: What Autobahn keeps after the opening handshake that the server side never
+#: reads again: the request, the response and the negotiation results.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_headers",
+    "http_response_data",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "websocket_protocols",
+    "websocket_extensions",
+    "websocket_origin",
+)
+
+#: One statistics object for every connection: Autobahn updates it on every
+#: read, nobody reads it, and a private one costs about 1 KiB per client.
+_SHARED_TRAFFIC_STATS = TrafficStats()
+
+_MISSING = object()
+
+
+def _as_class_attribute(value: Any) -> Any:
+    """A callable option must not turn into a method on the class."""
+    return staticmethod(value) if callable(value) else value
+
+
+def _shed_handshake_state(protocol: NanostreamServerProtocol) -> None:
+    """Shrink an open connection to what it still needs (BRIEF §6 memory).
+
+    Autobahn copies every factory option onto each connection and keeps the
+    whole handshake; with thousands of idle listeners that is most of our
+    memory.  Options equal to the class-level copy the factory made are
+    dropped (lookups fall back to the class), the handshake leftovers go,
+    and the instance dictionary is rebuilt at its new, smaller size.
+    """
+    state = protocol.__dict__
+    for name in _HANDSHAKE_LEFTOVERS:
+        state.pop(name, None)
+    cls = type(protocol)
+    for name in protocol.CONFIG_ATTRS:
+        value = state.get(name, _MISSING)
+        if value is not _MISSING and value is cls.__dict__.get(name, _MISSING):
+            del state[name]
+    # Only synchronous or chopped sends queue anything, and we make neither:
+    # an immutable empty queue costs nothing and fails loudly if that changes.
+    if not state.get("send_queue"):
+        state["send_queue"] = ()
+    state["trafficStats"] = _SHARED_TRAFFIC_STATS
+    protocol.__dict__ = dict(state)
+
+
 class NanostreamServerFactory(WebSocketServerFactory):
     """Builds :class:`NanostreamServerProtocol` s sharing one gate and fan-out."""
 
@@ -140,4 +195,14 @@ class NanostreamServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
+        )
+        # Give the protocol class this factory's options, so open connections
+        # can drop their private copies (see _shed_handshake_state).
+        self.protocol = type(
+            "NanostreamServerProtocol",
+            (NanostreamServerProtocol,),
+            {
+                name: _as_class_attribute(getattr(self, name))
+                for name in self.protocol.CONFIG_ATTRS
+            },
         )
