@@ -1,0 +1,69 @@
+"""Read a process's CPU time and resident memory from /proc.
+
+Reading /proc directly needs no psutil in whatever venv the runner uses,
+and it sees every thread of the process (Node's libuv pool included),
+because the per-process stat file sums all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return user + system CPU seconds used so far by process ``pid``."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # The command name may contain spaces and parentheses: split after it.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Return the resident set size of process ``pid`` in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def self_cpu_seconds() -> float:
+    """Return this process's own CPU seconds, all threads included."""
+    t = os.times()
+    return t.user + t.system
+
+
+def core_jiffies() -> dict[int, tuple[int, int]]:
+    """Return ``{cpu: (busy, total)}`` clock ticks from /proc/stat.
+
+    Busy counts user, nice, system, irq and softirq time. The kernel's
+    loopback TCP work runs partly in softirq context and is not always
+    charged to the process that caused it, so a pinned core's busy time
+    shows load that the process's own CPU time misses. Steal time (the
+    hypervisor running someone else) counts in the total, not as busy.
+    """
+    cores: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if not line.startswith(b"cpu") or line.startswith(b"cpu "):
+                continue
+            name, *values = line.split()
+            v = [int(x) for x in values[:8]]
+            busy = v[0] + v[1] + v[2] + v[5] + v[6]
+            cores[int(name[3:])] = (busy, busy + v[3] + v[4] + v[7])
+    return cores
+
+
+def busy_share(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int
+) -> float | None:
+    """The fraction of ``core``'s time that was busy between two readings."""
+    if core not in before or core not in after:
+        return None
+    busy = after[core][0] - before[core][0]
+    total = after[core][1] - before[core][1]
+    return round(busy / total, 3) if total > 0 else None

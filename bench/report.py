@@ -1,0 +1,202 @@
+"""Turn the raw runs into medians, spreads, ratios, a JSON file and a table.
+
+Every figure in the table is the median of the repetitions, with the
+min–max spread beside it, because on a 2-core machine one run can be
+disturbed by anything; the spread says how much to trust the median.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# Per kind of scenario: (metric, column title, format, better direction).
+COLUMNS: dict[str, list[tuple[str, str, str, str]]] = {
+    "fanout": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}", "higher"),
+        ("deliveries_per_cpu_s", "deliveries/server CPU-s", "{:,.0f}", "higher"),
+    ],
+    "latency": [
+        ("latency_p50_ms", "p50 ms", "{:.2f}", "lower"),
+        ("latency_p99_ms", "p99 ms", "{:.2f}", "lower"),
+        ("latency_max_ms", "max ms", "{:.1f}", "lower"),
+    ],
+    "handshake": [
+        ("handshakes_per_s", "handshakes/s", "{:,.0f}", "higher"),
+        ("handshakes_per_cpu_s", "handshakes/server CPU-s", "{:,.0f}", "higher"),
+    ],
+    "memory": [
+        ("kib_per_connection", "KiB/connection", "{:.1f}", "lower"),
+        ("rss_idle_mib", "RSS idle MiB", "{:.1f}", "lower"),
+        ("rss_loaded_mib", "RSS loaded MiB", "{:.1f}", "lower"),
+    ],
+}
+CPU_COLUMNS = [
+    ("server_cpu_share", "server CPU", "{:.0%}", ""),
+    ("server_core_busy", "server core busy", "{:.0%}", ""),
+    ("loadgen_cpu_share", "loadgen CPU", "{:.0%}", ""),
+]
+# Correctness counters: summed over repetitions, all must be zero.
+FAULTS = ("lost", "out_of_order", "incomplete_clients", "failed")
+NANOSTREAM = "nanostream"
+
+
+def correctness_problems(run: dict[str, Any]) -> list[str]:
+    """What went wrong in one run, as short phrases (empty when all is well)."""
+    if run["error"]:
+        return [run["error"].splitlines()[0]]
+    m = run["metrics"]
+    problems = [f"{k}={m[k]}" for k in FAULTS if m.get(k)]
+    if m.get("timed_out"):
+        problems.append("timed out")
+    if m.get("auth_ok") is False:
+        problems.append(f"auth checks {m.get('auth_checks')}")
+    return problems
+
+
+def _stats(values: list[float]) -> dict[str, float | int]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def summarize(runs: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, Any]:
+    """Medians and spreads per scenario and server, with faults and bottlenecks."""
+    summary: dict[str, Any] = {}
+    for run in runs:
+        cell = summary.setdefault(run["scenario"], {}).setdefault(
+            run["server"], {"runs": [], "problems": []}
+        )
+        cell["runs"].append(run)
+        cell["problems"] += correctness_problems(run)
+    for scenario, servers in summary.items():
+        kind = kinds[scenario]
+        for cell in servers.values():
+            good = [r["metrics"] for r in cell.pop("runs") if not r["error"]]
+            metrics = [c[0] for c in COLUMNS[kind] + CPU_COLUMNS] + [
+                "loadgen_core_busy"
+            ]
+            cell["metrics"] = {
+                name: _stats([m[name] for m in good if m.get(name) is not None])
+                for name in metrics
+                if any(m.get(name) is not None for m in good)
+            }
+            cell["faults"] = {k: sum(m.get(k) or 0 for m in good) for k in FAULTS}
+            cell["bottleneck"] = dict(Counter(m.get("bottleneck") for m in good))
+            cell["ok"] = not cell["problems"]
+    return summary
+
+
+def ratios(summary: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
+    """nanostream's median divided by each peer's, per headline metric."""
+    out: dict[str, Any] = {}
+    for scenario, servers in summary.items():
+        ours = servers.get(NANOSTREAM)
+        if not ours:
+            continue
+        for metric, _, _, better in COLUMNS[kinds[scenario]]:
+            mine = ours["metrics"].get(metric, {}).get("median")
+            row = {}
+            for peer, cell in servers.items():
+                theirs = cell["metrics"].get(metric, {}).get("median")
+                if peer != NANOSTREAM and mine is not None and theirs:
+                    row[peer] = round(mine / theirs, 3)
+            if row:
+                out.setdefault(scenario, {})[metric] = {"better": better, "ratio": row}
+    return out
+
+
+def _cell(stats: dict[str, Any] | None, fmt: str) -> str:
+    if not stats:
+        return "–"
+    text = fmt.format(stats["median"])
+    if stats["n"] > 1 and stats["min"] != stats["max"]:
+        text += f" ({fmt.format(stats['min'])}–{fmt.format(stats['max'])})"
+    return text
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The human-readable report."""
+    machine = data["machine"]
+    config = data["config"]
+    lines = [
+        "# nanostream benchmark",
+        "",
+        f"{data['finished']} · {machine.get('cpu_model')}"
+        f" · {machine.get('nproc')} cores · Python {machine.get('python')}"
+        f" · Node {machine.get('node')}",
+        "",
+        f"Medians of {config['reps']} interleaved repetitions, (min–max) beside them."
+        f" Load generator client: {config['client']}. Server pinned to core"
+        f" {config['server_core']}, load generator to core {config['loadgen_core']}.",
+        "",
+    ]
+    summary, kinds = data["summary"], data["kinds"]
+    for scenario, servers in summary.items():
+        kind = kinds[scenario]
+        cols = COLUMNS[kind] + CPU_COLUMNS
+        lines += [f"## {scenario}: {data['descriptions'][scenario]}", ""]
+        head = ["server", *(c[1] for c in cols), "bottleneck", "correct"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for server, cell in servers.items():
+            row = [server]
+            row += [_cell(cell["metrics"].get(c[0]), c[2]) for c in cols]
+            row.append(
+                ", ".join(f"{k} ×{n}" for k, n in cell["bottleneck"].items()) or "–"
+            )
+            row.append(
+                "yes" if cell["ok"] else "NO: " + "; ".join(cell["problems"][:3])
+            )
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    if data["ratios"]:
+        peers = sorted(
+            {p for s in data["ratios"].values() for m in s.values() for p in m["ratio"]}
+        )
+        lines += [
+            "## nanostream ÷ peer (medians)",
+            "",
+            "Above 1 is better for nanostream where higher is better, and worse"
+            " where lower is better.",
+            "",
+            "| scenario | metric | better | " + " | ".join(peers) + " |",
+            "|" + "---|" * (3 + len(peers)),
+        ]
+        for scenario, metrics in data["ratios"].items():
+            for metric, entry in metrics.items():
+                vals = [
+                    f"{entry['ratio'][p]:.2f}" if p in entry["ratio"] else "–"
+                    for p in peers
+                ]
+                lines.append(
+                    f"| {scenario} | {metric} | {entry['better']} | "
+                    + " | ".join(vals)
+                    + " |"
+                )
+        lines.append("")
+    noisy = [r for r in data["runs"] if (r.get("background_busy") or 0) > 0.15]
+    if noisy:
+        lines += [
+            f"Warning: {len(noisy)} of {len(data['runs'])} runs started while other"
+            " processes kept the machine busy (background_busy > 15% in the JSON);"
+            " their figures are less trustworthy.",
+            "",
+        ]
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("packages", {}).items())
+    lines += [f"Versions: {versions}.", ""]
+    return "\n".join(lines)
+
+
+def write(data: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Write ``stem``.json and ``stem``.md; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    md_path.write_text(markdown(data))
+    return json_path, md_path

@@ -1,0 +1,415 @@
+"""The scenarios, and how one scenario is run against one server.
+
+A run always has the same shape: start the server (pinned to its core),
+wait for its ready line, start the load generator (pinned to the other
+core), drive the scenario, read the server's CPU time and memory from
+/proc, then stop both. What differs is what is written to the server's
+stdin and what the load generator does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import feed
+import procfs
+from processes import LoadgenProcess, ProcessFailed, ServerProcess, pinning
+from servers import BENCH, ServerSpec
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What to do against each server, with the sizes to use."""
+
+    name: str
+    kind: str  # fanout | latency | handshake | memory
+    clients: int = 0
+    lines: int = 0
+    rate: float = 0.0
+    duration: float = 0.0
+    count: int = 0
+    concurrency: int = 50
+
+    def describe(self) -> str:
+        """One line for the report saying what was measured."""
+        if self.kind == "fanout":
+            return f"{self.clients} clients, {self.lines} lines of ~720 B at full speed"
+        if self.kind == "latency":
+            return (
+                f"{self.clients} clients, {self.rate:g} lines/s for {self.duration:g} s"
+            )
+        if self.kind == "handshake":
+            return f"{self.count} connections, {self.concurrency} in flight"
+        return f"{self.count} idle authenticated connections"
+
+
+DEFAULT_SCENARIOS = (
+    "fanout-100",
+    "fanout-1000",
+    "latency-100@200",
+    "latency-1000@20",
+    "handshake",
+    "memory",
+)
+
+
+def parse_scenario(
+    name: str, duration: float = 10.0, lines: int | None = None
+) -> Scenario:
+    """Turn ``fanout-100``, ``latency-1000@20``, ``handshake[-K]``, ``memory[-K]``
+    into a Scenario; sizes not in the name take the defaults of the brief."""
+    if m := re.fullmatch(r"fanout-(\d+)", name):
+        clients = int(m[1])
+        # About a million deliveries (half a million for few clients).
+        default = min(5000, max(500, 1_000_000 // max(clients, 1)))
+        return Scenario(name, "fanout", clients=clients, lines=lines or default)
+    if m := re.fullmatch(r"latency-(\d+)@(\d+(?:\.\d+)?)", name):
+        return Scenario(
+            name, "latency", clients=int(m[1]), rate=float(m[2]), duration=duration
+        )
+    if m := re.fullmatch(r"handshake(?:-(\d+))?", name):
+        return Scenario(name, "handshake", count=int(m[1] or 2000), concurrency=50)
+    if m := re.fullmatch(r"memory(?:-(\d+))?", name):
+        return Scenario(name, "memory", count=int(m[1] or 5000), concurrency=100)
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+@dataclass
+class Context:
+    """What every run shares: where files go, which cores, which client."""
+
+    workdir: Path
+    logdir: Path
+    secret_file: Path
+    client: str = "auto"
+    loadgen_core: int | None = None
+    server_core: int | None = None
+    python: str = sys.executable
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, logdir: Path, client: str) -> Iterator[Context]:
+        """A context with a fresh secret, removed afterwards."""
+        import tempfile
+
+        lg_core, srv_core = pinning()
+        with tempfile.TemporaryDirectory(prefix="nanostream-bench-") as tmp:
+            secret = Path(tmp) / "secret"
+            secret.write_text(secrets.token_hex(32) + "\n")
+            secret.chmod(0o600)
+            yield cls(Path(tmp), logdir, secret, client, lg_core, srv_core)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Run:
+    """One scenario against one server: the processes and their files."""
+
+    def __init__(self, ctx: Context, spec: ServerSpec, scenario: Scenario, tag: str):
+        self.ctx = ctx
+        self.spec = spec
+        self.scenario = scenario
+        self.port = free_port()
+        stem = f"{scenario.name}.{spec.name}.{tag}".replace("@", "at")
+        self.server_log = ctx.logdir / f"{stem}.server.log"
+        self.loadgen_log = ctx.logdir / f"{stem}.loadgen.log"
+
+    def server(self) -> ServerProcess:
+        env = {**os.environ, **self.spec.env}
+        argv = self.spec.command(self.port, self.ctx.secret_file)
+        return ServerProcess(argv, self.server_log, self.ctx.server_core, env)
+
+    def loadgen(self, mode: str, *args: object) -> LoadgenProcess:
+        argv = [
+            self.ctx.python,
+            str(BENCH / "loadgen.py"),
+            mode,
+            "--url",
+            f"ws://127.0.0.1:{self.port}/",
+            "--secret-file",
+            str(self.ctx.secret_file),
+            "--client",
+            self.ctx.client,
+            *(str(a) for a in args),
+        ]
+        if self.ctx.loadgen_core is not None:
+            argv += ["--core", str(self.ctx.loadgen_core)]
+        return LoadgenProcess(argv, self.loadgen_log)
+
+
+def _saturated(share: float, core_busy: float | None) -> bool:
+    # A process at 85% of its core is out of CPU; so is one at 60% whose
+    # core is otherwise busy with the kernel's network work for it.
+    return share >= 0.85 or (share >= 0.6 and (core_busy or 0.0) >= 0.95)
+
+
+def bottleneck(
+    server_share: float,
+    loadgen_share: float,
+    server_core: float | None = None,
+    loadgen_core: float | None = None,
+) -> str:
+    """Which side ran out of CPU: ``server``, ``loadgen``, ``both`` or ``neither``."""
+    server_busy = _saturated(server_share, server_core)
+    loadgen_busy = _saturated(loadgen_share, loadgen_core)
+    if server_busy and loadgen_busy:
+        return "both"
+    if server_busy:
+        return "server"
+    if loadgen_busy:
+        return "loadgen"
+    return "neither"
+
+
+@dataclass
+class Snapshot:
+    """The server's CPU time and every core's ticks at one moment."""
+
+    server_cpu: float
+    cores: dict[int, tuple[int, int]]
+
+    @classmethod
+    def take(cls, server: ServerProcess) -> Snapshot:
+        return cls(server.cpu(), procfs.core_jiffies())
+
+
+def usage(
+    ctx: Context, before: Snapshot, after: Snapshot, wall: float, loadgen_cpu: float
+) -> dict[str, Any]:
+    """CPU figures of a measurement window, and the bottleneck they imply."""
+    cpu = after.server_cpu - before.server_cpu
+    figures: dict[str, Any] = {
+        "wall_s": round(wall, 3),
+        "server_cpu_s": round(cpu, 3),
+        "server_cpu_share": round(cpu / wall, 3),
+        "loadgen_cpu_share": round(loadgen_cpu / wall, 3),
+        "server_core_busy": None,
+        "loadgen_core_busy": None,
+    }
+    if ctx.server_core is not None and ctx.loadgen_core is not None:
+        figures["server_core_busy"] = procfs.busy_share(
+            before.cores, after.cores, ctx.server_core
+        )
+        figures["loadgen_core_busy"] = procfs.busy_share(
+            before.cores, after.cores, ctx.loadgen_core
+        )
+    figures["bottleneck"] = bottleneck(
+        figures["server_cpu_share"],
+        figures["loadgen_cpu_share"],
+        figures["server_core_busy"],
+        figures["loadgen_core_busy"],
+    )
+    return figures
+
+
+class Writer(threading.Thread):
+    """Writes the scenario's lines to the server's stdin in the background."""
+
+    def __init__(self, sink: IO[bytes], write: Callable[..., int], *args: Any):
+        super().__init__(daemon=True)
+        self._sink, self._write, self._args = sink, write, args
+        self._stop_flag = threading.Event()
+        self.written = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            self.written = self._write(
+                self._sink, *self._args, stop=self._stop_flag.is_set
+            )
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+
+
+def run_stream(run: Run) -> dict[str, Any]:
+    """fanout and latency: lines in on stdin, deliveries counted by clients."""
+    sc = run.scenario
+    paced = sc.kind == "latency"
+    lines = int(sc.rate * sc.duration) if paced else sc.lines
+    args: list[object] = [
+        "--clients",
+        sc.clients,
+        "--expect",
+        lines,
+        "--concurrency",
+        100,
+    ]
+    if paced:
+        args.append("--latency")
+    with run.server() as server:
+        server.wait_ready()
+        with run.loadgen("stream", *args) as lg:
+            ready = lg.wait("ready", timeout=180)
+            if ready["connected"] < sc.clients:
+                raise ProcessFailed(
+                    f"only {ready['connected']} clients connected: {ready}"
+                )
+            before, t0 = Snapshot.take(server), time.monotonic_ns()
+            if paced:
+                writer = Writer(server.stdin, feed.write_paced, lines, sc.rate)
+            else:
+                writer = Writer(server.stdin, feed.write_burst, lines)
+            writer.start()
+            try:
+                res = lg.wait("result", timeout=sc.duration + 600)
+                after = Snapshot.take(server)
+            finally:
+                writer.stop()
+                writer.join(10)
+            status = server.stop()
+            lg.finish()
+    wall = max((res["t_last_ns"] - t0) / 1e9, 1e-9)
+    metrics: dict[str, Any] = {
+        "deliveries": res["delivered"],
+        "lost": res["lost"],
+        "out_of_order": res["out_of_order"],
+        "incomplete_clients": sc.clients - res["complete_clients"],
+        "timed_out": res["timed_out"],
+        "lines_written": writer.written,
+        "server_exit": status,
+        "client": ready["client"],
+    }
+    if writer.error:
+        metrics["writer_error"] = writer.error
+    metrics.update(usage(run.ctx, before, after, wall, res["cpu_s"]))
+    if paced:
+        lat = res.get("latency_ms", {})
+        metrics.update(
+            latency_p50_ms=lat.get("p50"),
+            latency_p99_ms=lat.get("p99"),
+            latency_max_ms=lat.get("max"),
+        )
+    else:
+        cpu = metrics["server_cpu_s"]
+        metrics.update(
+            deliveries_per_s=round(res["delivered"] / wall),
+            deliveries_per_cpu_s=round(res["delivered"] / cpu) if cpu > 0 else None,
+        )
+    return metrics
+
+
+def run_handshake(run: Run) -> dict[str, Any]:
+    """Connections per second, each with a fresh token; then the 401 checks."""
+    sc = run.scenario
+    args = ["--count", sc.count, "--concurrency", sc.concurrency]
+    with run.server() as server:
+        server.wait_ready()
+        with run.loadgen("handshake", *args) as lg:
+            ready = lg.wait("ready", timeout=60)
+            before = Snapshot.take(server)
+            lg.send("go")
+            res = lg.wait("result", timeout=600)
+            after = Snapshot.take(server)
+            lg.finish()
+        status = server.stop()
+    wall = max((res["t_end_ns"] - res["t_start_ns"]) / 1e9, 1e-9)
+    checks = res["checks"]
+    metrics: dict[str, Any] = {
+        "handshakes": res["ok"],
+        "failed": sum(res["other"].values()),
+        "failures": res["other"],
+        "handshakes_per_s": round(res["ok"] / wall, 1),
+        "auth_checks": checks,
+        "auth_ok": checks.get("fresh_token") == 101
+        and all(v == 401 for k, v in checks.items() if k != "fresh_token"),
+        "server_exit": status,
+        "client": ready["client"],
+    }
+    metrics.update(usage(run.ctx, before, after, wall, res["cpu_s"]))
+    cpu = metrics["server_cpu_s"]
+    metrics["handshakes_per_cpu_s"] = round(res["ok"] / cpu, 1) if cpu > 0 else None
+    return metrics
+
+
+def _steady_rss(server: ServerProcess, samples: int = 5, gap: float = 0.2) -> int:
+    """The median of a few RSS readings, to ride over short allocation blips."""
+    readings = []
+    for _ in range(samples):
+        readings.append(server.rss_kib())
+        time.sleep(gap)
+    return sorted(readings)[len(readings) // 2]
+
+
+def run_memory(run: Run) -> dict[str, Any]:
+    """RSS with N idle authenticated connections minus RSS with none."""
+    sc = run.scenario
+    args = ["--count", sc.count, "--concurrency", sc.concurrency, "--warmup", 20]
+    with run.server() as server:
+        server.wait_ready()
+        with run.loadgen("hold", *args) as lg:
+            lg.wait("ready", timeout=60)
+            time.sleep(0.5)
+            rss0 = _steady_rss(server)
+            before = Snapshot.take(server)
+            lg.send("go")
+            res = lg.wait("result", timeout=600)
+            after = Snapshot.take(server)
+            time.sleep(1.0)
+            rss1 = _steady_rss(server)
+            lg.finish()
+        status = server.stop()
+    connected = res["connected"]
+    wall = max((res["t_end_ns"] - res["t_start_ns"]) / 1e9, 1e-9)
+    metrics: dict[str, Any] = {
+        "connections": connected,
+        "failed": sum(res["failed"].values()),
+        "rss_idle_mib": round(rss0 / 1024, 1),
+        "rss_loaded_mib": round(rss1 / 1024, 1),
+        "kib_per_connection": round((rss1 - rss0) / connected, 2)
+        if connected
+        else None,
+        "connects_per_s": round(connected / wall, 1),
+        "server_exit": status,
+    }
+    metrics.update(usage(run.ctx, before, after, wall, res["cpu_s"]))
+    return metrics
+
+
+RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "fanout": run_stream,
+    "latency": run_stream,
+    "handshake": run_handshake,
+    "memory": run_memory,
+}
+
+
+def run_one(
+    ctx: Context, spec: ServerSpec, scenario: Scenario, tag: str
+) -> dict[str, Any]:
+    """Run ``scenario`` against ``spec``; failures become an ``error`` entry."""
+    run = Run(ctx, spec, scenario, tag)
+    started = time.monotonic()
+    try:
+        metrics = RUNNERS[scenario.kind](run)
+        error = None
+    except (ProcessFailed, OSError, KeyError, ValueError) as exc:
+        metrics, error = {}, f"{type(exc).__name__}: {exc}"
+    return {
+        "scenario": scenario.name,
+        "server": spec.name,
+        "tag": tag,
+        "seconds": round(time.monotonic() - started, 1),
+        "metrics": metrics,
+        "error": error,
+        "logs": [str(run.server_log), str(run.loadgen_log)],
+    }
