@@ -38,6 +38,11 @@ MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 GOING_AWAY = 1001
 
 
+def _internal_error() -> ConnectionDeny:
+    """A 500 refusal; without a reason Autobahn's status line would say "None"."""
+    return ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error")
+
+
 class NanostreamServerProtocol(WebSocketServerProtocol):
     """One listening client."""
 
@@ -55,7 +60,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
             )
         except Exception:
             _log.failure("admission failed", peer=request.peer)
-            raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR) from None
+            raise _internal_error() from None
         d.addCallbacks(lambda _: None, self._deny)
         return d
 
@@ -64,7 +69,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
             refused = failure.value
             raise ConnectionDeny(refused.status, refused.reason)
         _log.failure("admission failed", failure, peer=self.peer)
-        raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR)
+        raise _internal_error()
 
     def onOpen(self) -> None:
         _shed_handshake_state(self)
@@ -191,6 +196,9 @@ class NanostreamServerFactory(WebSocketServerFactory):
         self.noisy = False
         self.setProtocolOptions(
             webStatus=False,
+            # Autobahn's default drops the TCP connection on a protocol error,
+            # so an oversized client message would close with 1006, not 1009.
+            failByDrop=False,
             maxFramePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
             maxMessagePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
             autoPingInterval=ping_interval,
