@@ -1,0 +1,186 @@
+"""The admission gate on its own: order of checks, logging, failing closed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanostream import reasons
+from nanostream.admission import Admission, Refused
+from nanostream.ledger import MemoryLedger
+from nanostream.origins import OriginPolicy
+from nanostream.tokens import AcceptedToken, TokenVerifier
+
+SECRET = b"admission-unit-test-secret-long-enough-0123456789"
+NOW = 1_700_000_000.0
+ORIGIN = "https://live.example.com"
+PEER = "tcp4:192.0.2.7:50000"
+
+
+def mint(**claims: Any) -> str:
+    """An HS256 token for SECRET, valid for a minute unless told otherwise."""
+    claims.setdefault("exp", NOW + 60)
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+class UnreachableLedger:
+    """A ledger whose every answer fails, as a lost Redis connection would."""
+
+    size = 0
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def consume(self, token_id: bytes, expires_at: float) -> Deferred[bool]:
+        self.asked += 1
+        return fail(ConnectionError("ledger unreachable"))
+
+
+class AdmissionTests(SynchronousTestCase):
+    """Admission.admit decides, logs once per refusal, and never leaks a token."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.ledger = MemoryLedger(self.clock)
+        self.events: list[LogEvent] = []
+        observer = self.events.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def gate(
+        self, origins: list[str] | None = None, *, auth: bool = True, ledger: Any = None
+    ) -> Admission:
+        verifier = TokenVerifier(SECRET) if auth else None
+        if ledger is None and auth:
+            ledger = self.ledger
+        return Admission(self.clock, verifier, ledger, OriginPolicy(origins or ()))
+
+    def refusal(self, d: Deferred[Any]) -> Refused:
+        """The Refused a Deferred failed with."""
+        return self.failureResultOf(d, Refused).value
+
+    def refusals_logged(self) -> list[LogEvent]:
+        return [
+            event
+            for event in self.events
+            if event.get("log_namespace") == "nanostream.admission"
+        ]
+
+    def test_valid_token_admitted(self) -> None:
+        """A fresh valid token fires with the accepted token and logs nothing."""
+        accepted = self.successResultOf(self.gate().admit(PEER, None, [mint()]))
+        self.assertIsInstance(accepted, AcceptedToken)
+        self.assertEqual(accepted.expires_at, NOW + 60)
+        self.assertEqual(self.refusals_logged(), [])
+
+    def test_origin_checked_before_token(self) -> None:
+        """A bad origin is reported even when the token is missing too."""
+        refused = self.refusal(self.gate([ORIGIN]).admit(PEER, "https://evil.net", []))
+        self.assertEqual(refused.reason, reasons.ORIGIN_NOT_ALLOWED)
+        self.assertEqual(refused.status, 403)
+
+    def test_origin_refusal_does_not_consume(self) -> None:
+        """A token presented from a bad origin stays usable from a good one."""
+        token = mint()
+        gate = self.gate([ORIGIN])
+        self.refusal(gate.admit(PEER, "https://evil.net", [token]))
+        self.successResultOf(gate.admit(PEER, ORIGIN, [token]))
+
+    def test_missing_origin_with_allow_list(self) -> None:
+        """Without an Origin header an allow-list refuses the handshake."""
+        refused = self.refusal(self.gate([ORIGIN]).admit(PEER, None, [mint()]))
+        self.assertEqual(refused.reason, reasons.ORIGIN_NOT_ALLOWED)
+
+    def test_no_parameter(self) -> None:
+        """No ``t`` at all is "no token supplied" with 401."""
+        refused = self.refusal(self.gate().admit(PEER, None, []))
+        self.assertEqual(refused.reason, reasons.NO_TOKEN)
+        self.assertEqual(refused.status, 401)
+
+    def test_empty_parameter(self) -> None:
+        """An empty ``t`` is "no token supplied"."""
+        refused = self.refusal(self.gate().admit(PEER, None, [""]))
+        self.assertEqual(refused.reason, reasons.NO_TOKEN)
+
+    def test_repeated_parameter(self) -> None:
+        """Two ``t`` values are an invalid token, whatever each one is."""
+        refused = self.refusal(self.gate().admit(PEER, None, [mint(), mint()]))
+        self.assertEqual(refused.reason, reasons.INVALID)
+
+    def test_repeated_parameter_consumes_nothing(self) -> None:
+        """A refused pair of tokens leaves both unused."""
+        token = mint()
+        self.refusal(self.gate().admit(PEER, None, [token, token]))
+        self.assertEqual(self.ledger.size, 0)
+
+    def test_verifier_reason_passed_through(self) -> None:
+        """A verifier's rejection becomes a refusal with the same phrase."""
+        refused = self.refusal(self.gate().admit(PEER, None, [mint(exp=NOW - 1)]))
+        self.assertEqual(refused.reason, reasons.EXPIRED)
+
+    def test_second_use_refused(self) -> None:
+        """The same token twice: admitted, then "token already used"."""
+        gate = self.gate()
+        token = mint()
+        self.successResultOf(gate.admit(PEER, None, [token]))
+        refused = self.refusal(gate.admit(PEER, None, [token]))
+        self.assertEqual(refused.reason, reasons.ALREADY_USED)
+
+    def test_each_refusal_logged_once_with_fields(self) -> None:
+        """A refusal is one warning with reason, status, peer and origin."""
+        self.refusal(self.gate().admit(PEER, ORIGIN, []))
+        [event] = self.refusals_logged()
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertEqual(event["reason"], reasons.NO_TOKEN)
+        self.assertEqual(event["status"], 401)
+        self.assertEqual(event["peer"], PEER)
+        self.assertEqual(event["origin"], ORIGIN)
+
+    def test_reuse_logged_once(self) -> None:
+        """A reused token logs one refusal, and the first use logs none."""
+        gate = self.gate()
+        token = mint()
+        self.successResultOf(gate.admit(PEER, None, [token]))
+        self.refusal(gate.admit(PEER, None, [token]))
+        [event] = self.refusals_logged()
+        self.assertEqual(event["reason"], reasons.ALREADY_USED)
+
+    def test_no_auth_admits_without_token(self) -> None:
+        """With no verifier (--no-auth) a handshake without a token passes."""
+        self.assertIsNone(
+            self.successResultOf(self.gate(auth=False).admit(PEER, None, []))
+        )
+
+    def test_no_auth_still_checks_origin(self) -> None:
+        """--no-auth does not switch off the origin allow-list."""
+        gate = self.gate([ORIGIN], auth=False)
+        self.successResultOf(gate.admit(PEER, ORIGIN, []))
+        refused = self.refusal(gate.admit(PEER, "https://evil.net", []))
+        self.assertEqual(refused.reason, reasons.ORIGIN_NOT_ALLOWED)
+
+    def test_ledger_failure_is_not_admission(self) -> None:
+        """A ledger that cannot answer fails the admission, not as a refusal."""
+        ledger = UnreachableLedger()
+        d = self.gate(ledger=ledger).admit(PEER, None, [mint()])
+        self.failureResultOf(d, ConnectionError)
+        self.assertEqual(ledger.asked, 1)
+        self.assertEqual(self.refusals_logged(), [])
+
+    def test_token_not_logged(self) -> None:
+        """No refusal event carries the token it refused."""
+        gate = self.gate()
+        tokens = [mint(), mint(exp=NOW - 1), mint(exp=NOW + 99999), "a.b.c"]
+        self.successResultOf(gate.admit(PEER, None, [tokens[0]]))
+        for token in tokens:
+            self.refusal(gate.admit(PEER, None, [token]))
+        self.assertEqual(len(self.refusals_logged()), 4)
+        for event in self.events:
+            text = repr(event)
+            for token in tokens:
+                self.assertNotIn(token, text)
