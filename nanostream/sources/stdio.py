@@ -25,8 +25,17 @@ class StdioSource(Service):
         on_eof: Callable[[], None],
         reactor: object = None,
         status: SourceStatus | None = None,
+        *,
+        stdin: int = 0,
+        stdout: int = 1,
     ) -> None:
+        """
+        :param stdin: the descriptor to read; tests hand in a pipe instead.
+        :param stdout: the descriptor ``StandardIO`` also holds open.
+        """
         self.status = SourceStatus() if status is None else status
+        self._stdin = stdin
+        self._stdout = stdout
         self._sink = sink
         self._max_line_bytes = max_line_bytes
         self._on_eof = on_eof
@@ -40,7 +49,9 @@ class StdioSource(Service):
         )
         _log.info("source: stdin")
         self.status.up("reading stdin")
-        self._stdio = stdio.StandardIO(protocol, reactor=self._reactor)
+        self._stdio = stdio.StandardIO(
+            protocol, self._stdin, self._stdout, reactor=self._reactor
+        )
 
     def _ended(self, reason: Failure) -> None:
         self._stdio = None
