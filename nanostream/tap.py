@@ -7,6 +7,7 @@ mistake is one ``UsageError`` line.  ``makeService`` only assembles.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -42,6 +43,9 @@ def _number(
     def convert(text: str) -> Any:
         try:
             value = kind(text)
+            if not math.isfinite(value):
+                # NaN compares false with everything: it would switch checks off.
+                raise ValueError(text)
         except ValueError:
             raise usage.UsageError(f"{option} takes a number, not {text!r}") from None
         if value < minimum or (above and value == minimum):
