@@ -214,9 +214,13 @@ def _warnings(options: ServiceOptions, key: bytes | None) -> list[str]:
     return []
 
 
-def makeService(options: ServiceOptions) -> IService:
-    """Assemble the listeners, the source and the client lifecycle."""
-    from twisted.internet import reactor
+def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
+    """Assemble the listeners, the source and the client lifecycle.
+
+    :param reactor: the global reactor unless a test hands in a fake one.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
 
     key = options["key"]
     broadcaster = Broadcaster(options["max-buffer-bytes"])
