@@ -1,0 +1,189 @@
+"""makeService on a MemoryReactor: every listener and the source become ports."""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.application.service import IService, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, LogLevel, eventAsText, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nanostream.sources.protocol import LineSourceFactory
+from nanostream.sources.stdio import StdioSource
+from nanostream.tap import ServiceOptions, makeService
+from nanostream.websocket import NanostreamServerFactory
+
+SECRET = "assembly-test-secret-long-enough-0123456789"
+
+
+def write_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path = directory / "key.pem"
+    cert_path = directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """The assembled service listens where the options say, on the given reactor."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.events: list[LogEvent] = []
+        observer = self.events.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def assemble(self, *arguments: str) -> MultiService:
+        """Parse the arguments as twistd would and build the service."""
+        options = ServiceOptions(environ={})
+        options.parseOptions(list(arguments))
+        service = makeService(options, reactor=self.reactor)
+        self.assertTrue(IService.providedBy(service))
+        return service
+
+    def start(self, service: MultiService) -> None:
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+
+    def announced(self) -> list[tuple[str, str]]:
+        return [
+            (event["what"], event["address"])
+            for event in self.events
+            if event.get("log_namespace") == "nanostream.listening"
+        ]
+
+    def test_every_listener_and_endpoint_source_listen(self) -> None:
+        """Each --listen (tcp, ssl, unix) and an endpoint --source become ports."""
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        key, cert = write_certificate(Path(directory.name))
+        service = self.assemble(
+            "--secret",
+            SECRET,
+            "--listen",
+            "tcp:8080:interface=127.0.0.1",
+            "--listen",
+            f"ssl:8443:privateKey={key}:certKey={cert}",
+            "--listen",
+            "unix:/run/nanostream/ws.sock",
+            "--source",
+            "tcp:9000",
+        )
+        self.start(service)
+        reactor = self.reactor
+        listening = {port: factory for port, factory, *_ in reactor.tcpServers}
+        self.assertEqual(sorted(listening), [8080, 9000])
+        [(ssl_port, ssl_factory, *_)] = reactor.sslServers
+        [(unix_path, unix_factory, *_)] = reactor.unixServers
+        self.assertEqual(ssl_port, 8443)
+        self.assertEqual(unix_path, "/run/nanostream/ws.sock")
+        # One WebSocket factory, and so one fan-out, behind every listener.
+        self.assertIsInstance(listening[8080], NanostreamServerFactory)
+        self.assertIs(ssl_factory, listening[8080])
+        self.assertIs(unix_factory, listening[8080])
+        self.assertIsInstance(listening[9000], LineSourceFactory)
+        self.assertEqual(
+            sorted(self.announced()),
+            [
+                ("source", "tcp:0.0.0.0:9000"),
+                ("websocket", "ssl:0.0.0.0:8443"),
+                ("websocket", "tcp:0.0.0.0:8080"),
+                ("websocket", "unix:/run/nanostream/ws.sock"),
+            ],
+        )
+
+    def test_default_listener(self) -> None:
+        """Without --listen the service listens on tcp:8080."""
+        self.start(self.assemble("--secret", SECRET, "--source", "tcp:9000"))
+        self.assertEqual(
+            sorted(port for port, *_ in self.reactor.tcpServers), [8080, 9000]
+        )
+
+    def test_stdio_source_adds_the_stdio_service(self) -> None:
+        """--source stdio adds a StdioSource and no source port."""
+        service = self.assemble("--secret", SECRET, "--source", "stdio")
+        sources = [child for child in service if isinstance(child, StdioSource)]
+        self.assertEqual(len(sources), 1)
+        # Starting it would read this test process's stdin: start the rest.
+        for child in service:
+            if child is not sources[0]:
+                child.privilegedStartService()
+                child.startService()
+                self.addCleanup(child.stopService)
+        self.assertEqual([port for port, *_ in self.reactor.tcpServers], [8080])
+
+    def test_endpoint_source_has_no_stdio(self) -> None:
+        """An endpoint --source leaves stdin alone."""
+        service = self.assemble("--secret", SECRET, "--source", "tcp:9000")
+        self.assertEqual(
+            [child for child in service if isinstance(child, StdioSource)], []
+        )
+
+    def test_ping_options_reach_the_factory(self) -> None:
+        """--ping-interval and --ping-timeout configure Autobahn's auto-ping."""
+        self.start(
+            self.assemble(
+                "--secret",
+                SECRET,
+                "--source",
+                "tcp:9000",
+                "--ping-interval",
+                "7",
+                "--ping-timeout",
+                "4",
+            )
+        )
+        factory = {port: f for port, f, *_ in self.reactor.tcpServers}[8080]
+        self.assertEqual((factory.autoPingInterval, factory.autoPingTimeout), (7, 4))
+
+    def test_short_secret_warned_at_start(self) -> None:
+        """A secret under the recommended length is a warning at start."""
+        service = self.assemble("--secret", "k3y-Xq9", "--source", "tcp:9000")
+        self.assertEqual(self.warnings(), [])
+        self.start(service)
+        [event] = self.warnings()
+        self.assertIn("shorter than", event["warning"])
+        self.assertNotIn("k3y-Xq9", eventAsText(event))
+
+    def test_no_auth_warned_at_start(self) -> None:
+        """--no-auth is a warning when the service starts."""
+        self.start(self.assemble("--no-auth", "--source", "tcp:9000"))
+        [event] = self.warnings()
+        self.assertIn("--no-auth", event["warning"])
+
+    def warnings(self) -> list[LogEvent]:
+        return [
+            event
+            for event in self.events
+            if event.get("log_namespace") == "nanostream.service"
+            and event["log_level"] == LogLevel.warn
+        ]
