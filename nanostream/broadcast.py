@@ -4,11 +4,11 @@ Each batch of lines that arrived together is framed once, joined into one
 buffer, and written once per client.  Nothing waits to gather a batch:
 a batch is exactly what one read from the source produced.
 
-Each client's transport tells us, through Twisted's producer signals, when
-its send buffer is full; from then on every byte we add counts against
-``max_buffer_bytes`` until the buffer drains.  Past that the client is a slow
-consumer and is dropped, so it never stalls the source, the other clients,
-or grows our memory beyond the bound.
+Each client's sink knows, through Twisted's producer signals, how many of
+our bytes its transport still holds (see :class:`SocketSink` for plain
+sockets, :class:`ClientSink` for the rest).  Past ``max_buffer_bytes`` the
+client is a slow consumer and is dropped, so it never stalls the source,
+the other clients, or grows our memory beyond the bound.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from autobahn.websocket.protocol import PreparedMessage
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -54,20 +54,32 @@ class Client(Protocol):
 
 @implementer(IPushProducer)
 class ClientSink:
-    """One client as the broadcaster sees it: a write and a fill level.
+    """One client as the broadcaster sees it, over any transport (TLS too).
 
-    Registered as the push producer of the client's transport, which pauses
-    it when the kernel stops taking bytes and resumes it once its buffer has
-    drained completely.
+    Registered as the *push* producer of the client's transport, which
+    pauses it when its buffer passes 64 KiB and resumes it once the buffer
+    has drained completely.  Bytes written while paused count as unsent.
     """
 
-    __slots__ = ("write", "paused", "unsent", "client")
+    __slots__ = ("transport_write", "paused", "unsent", "client")
 
-    def __init__(self, write: Callable[[bytes], None], client: Client) -> None:
-        self.write = write
+    #: How the sink registers with its transport (see IConsumer).
+    streaming = True
+
+    def __init__(
+        self, transport_write: Callable[[bytes], None], client: Client
+    ) -> None:
+        self.transport_write = transport_write
         self.client = client
         self.paused = False
         self.unsent = 0
+
+    def send(self, data: bytes) -> int:
+        """Write ``data``; return the bytes now counted as unsent."""
+        self.transport_write(data)
+        if self.paused:
+            self.unsent += len(data)
+        return self.unsent
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -80,12 +92,83 @@ class ClientSink:
         self.paused = True
 
 
-class Broadcaster:
-    """The registry of open clients and the per-batch fan-out."""
+@implementer(IPullProducer)
+class SocketSink(ClientSink):
+    """A client on a plain socket: the fast path.
 
-    def __init__(self, max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES) -> None:
+    While the transport holds none of our bytes we hand each batch straight
+    to the kernel with one ``send``; Twisted's buffer (and its pair of epoll
+    calls per write) only takes what the kernel would not.  As a *pull*
+    producer the sink hears ``resumeProducing`` exactly when that buffer has
+    drained, so ``unsent`` is the transport's true backlog and ordering is
+    kept: nothing bypasses bytes already queued.  Every write of the
+    connection, Autobahn's pings and close frames included, must go
+    through :meth:`send` once the sink exists.
+    """
+
+    __slots__ = ("socket_send",)
+
+    streaming = False
+
+    def __init__(
+        self,
+        transport_write: Callable[[bytes], None],
+        socket_send: Callable[[bytes], int],
+        client: Client,
+    ) -> None:
+        super().__init__(transport_write, client)
+        self.socket_send = socket_send
+        # The handshake response may still sit in the transport's buffer;
+        # queue behind it until the transport reports a drain.
+        self.unsent = 1
+
+    def send(self, data: bytes) -> int:
+        if self.unsent:
+            self.transport_write(data)
+            self.unsent += len(data)
+            return self.unsent
+        try:
+            sent = self.socket_send(data)
+        except OSError:
+            # Full (EAGAIN) or broken: the transport queues the bytes and,
+            # if the connection is gone, finds out and closes it properly.
+            sent = 0
+        if sent < len(data):
+            rest = data[sent:]
+            self.transport_write(rest)
+            self.unsent = len(rest)
+        return self.unsent
+
+    def resumeProducing(self) -> None:
+        self.unsent = 0
+
+    def stopProducing(self) -> None:
+        self.unsent = 1
+
+
+class Broadcaster:
+    """The registry of open clients and the per-batch fan-out.
+
+    Its counters are plain integers, bumped once per batch (never per
+    client) and read by :mod:`nanostream.metrics` only when scraped.
+    """
+
+    def __init__(
+        self,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.max_buffer_bytes = max_buffer_bytes
         self._sinks: set[ClientSink] = set()
+        self._seconds = clock.seconds
+        self.lines_received = 0
+        self.messages_delivered = 0
+        self.bytes_delivered = 0
+        self.slow_consumers_dropped = 0
+        #: When the last line arrived; until then, when we were built.
+        self.last_line_at: float = clock.seconds()
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -108,21 +191,28 @@ class Broadcaster:
 
     def broadcast(self, lines: Iterable[bytes]) -> None:
         """Deliver a batch of lines, in order, to every registered client."""
-        data = b"".join([frame(line) for line in lines])
-        if not data or not self._sinks:
+        frames = [frame(line) for line in lines]
+        if not frames:
             return
+        count = len(frames)
+        self.lines_received += count
+        self.last_line_at = self._seconds()
+        clients = len(self._sinks)
+        if not clients:
+            return
+        data = b"".join(frames)
         size = len(data)
+        self.messages_delivered += count * clients
+        self.bytes_delivered += size * clients
         limit = self.max_buffer_bytes
         slow = None
         for sink in self._sinks:
-            sink.write(data)
-            if sink.paused:
-                sink.unsent += size
-                if sink.unsent > limit:
-                    if slow is None:
-                        slow = []
-                    slow.append(sink)
+            if sink.send(data) > limit:
+                if slow is None:
+                    slow = []
+                slow.append(sink)
         if slow is not None:
+            self.slow_consumers_dropped += len(slow)
             for sink in slow:
                 self._sinks.discard(sink)
                 sink.client.dropSlowConsumer(sink.unsent)

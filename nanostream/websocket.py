@@ -3,12 +3,14 @@
 The protocol asks :class:`~nanostream.admission.Admission` in ``onConnect``,
 registers with the :class:`~nanostream.broadcast.Broadcaster` in ``onOpen``
 and leaves it when the connection closes.  Lines never pass through
-Autobahn's per-message send path: the broadcaster writes pre-framed bytes
-straight to the transport.  Whatever a client sends is read and discarded.
+Autobahn's per-message send path: the broadcaster hands pre-framed bytes
+to each client's sink, which writes them to the socket or the transport.
+Whatever a client sends is read and discarded.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import txaio
@@ -19,11 +21,12 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport, ISystemHandle
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.admission import Admission, Refused
-from nanostream.broadcast import Broadcaster, ClientSink
+from nanostream.broadcast import Broadcaster, ClientSink, SocketSink
 from nanostream.service import ClientTracker
 
 _log = Logger()
@@ -73,9 +76,9 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         _shed_handshake_state(self)
-        sink = ClientSink(self.transport.write, self)
+        sink = sink_for(self.transport, self)
         self._sink = sink
-        self.transport.registerProducer(sink, True)
+        self.transport.registerProducer(sink, sink.streaming)
         self.factory.tracker.opened()
         broadcaster = self.factory.broadcaster
         broadcaster.add(sink)
@@ -84,6 +87,31 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
             peer=self.peer,
             clients=len(broadcaster),
         )
+
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """Once open, Autobahn's own frames queue with the broadcast bytes.
+
+        The sink may write straight to the socket, so every write of an open
+        connection must pass through it to keep the byte stream in order.
+        """
+        sink = self._sink
+        if sink is None or sync or chopsize:
+            super().sendData(data, sync, chopsize)
+        else:
+            sink.send(data)
+
+    def sendCloseFrame(
+        self,
+        code: int | None = None,
+        reasonUtf8: bytes | None = None,
+        isReply: bool = False,
+    ) -> None:
+        """No data frame may follow our close frame: leave the fan-out first."""
+        if self._sink is not None:
+            self.factory.broadcaster.remove(self._sink)
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Clients only listen: what they send is dropped here."""
@@ -119,6 +147,18 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         # sendClose() only admits the codes an application may choose;
         # 1001 is the server's own, so go one level down.
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
+
+
+def sink_for(transport: Any, client: NanostreamServerProtocol) -> ClientSink:
+    """The fast socket sink for plain TCP/UNIX connections, else the generic one.
+
+    TLS connections must go through their transport, which encrypts.
+    """
+    if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
+        handle = transport.getHandle()
+        if isinstance(handle, socket.socket):
+            return SocketSink(transport.write, handle.send, client)
+    return ClientSink(transport.write, client)
 
 
 #: What Autobahn keeps after the opening handshake that the server side never
@@ -203,6 +243,9 @@ class NanostreamServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
+            # Autobahn would answer "Origin: null" (file: pages, sandboxed
+            # frames) with a bare 400 before onConnect; --origin decides instead.
+            allowNullOrigin=True,
         )
         # Give the protocol class this factory's options, so open connections
         # can drop their private copies (see _shed_handshake_state).
