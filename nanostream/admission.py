@@ -46,6 +46,8 @@ class Admission:
         self._verifier = verifier
         self._ledger = ledger
         self._origins = origins
+        #: Refusals so far by reason phrase, read by the metrics at scrape time.
+        self.refused: dict[str, int] = dict.fromkeys(reasons.REASONS, 0)
 
     def admit(
         self, peer: str, origin: str | None, tokens: Sequence[str]
@@ -86,6 +88,8 @@ class Admission:
         return Failure(refused)
 
     def _log_refusal(self, refused: Refused, peer: str, origin: str | None) -> None:
+        """Log and count a refusal: the one place every refusal passes."""
+        self.refused[refused.reason] = self.refused.get(refused.reason, 0) + 1
         _log.warn(
             "rejected handshake from {peer}: {reason}",
             reason=refused.reason,

@@ -42,6 +42,8 @@ class AnnouncedEndpoint:
         self._endpoint = endpoint
         self._kind = kind
         self._what = what
+        #: Where it listens once bound (``tcp:127.0.0.1:8080``); None before.
+        self.address: str | None = None
 
     def listen(self, factory: Factory) -> Deferred[IListeningPort]:
         d = self._endpoint.listen(factory)
@@ -49,10 +51,11 @@ class AnnouncedEndpoint:
         return d
 
     def _announce(self, port: IListeningPort) -> IListeningPort:
+        self.address = describe_address(self._kind, port)
         _log.info(
             "{what} listening on {address}",
             what=self._what,
-            address=describe_address(self._kind, port),
+            address=self.address,
         )
         return port
 

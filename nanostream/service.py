@@ -21,10 +21,13 @@ class ClientTracker:
 
     def __init__(self) -> None:
         self.open = 0
+        #: Handshakes completed since start, read by the metrics.
+        self.accepted = 0
         self._waiters: list[Deferred[None]] = []
 
     def opened(self) -> None:
         self.open += 1
+        self.accepted += 1
 
     def closed(self) -> None:
         self.open -= 1

@@ -25,6 +25,7 @@ from nanostream.listening import announced_service
 from nanostream.origins import OriginPolicy
 from nanostream.secret import SecretError, load_secret
 from nanostream.service import BroadcastService, ClientTracker
+from nanostream.sources import SourceStatus
 from nanostream.sources.protocol import LineSourceFactory
 from nanostream.sources.stdio import StdioSource
 from nanostream.tokens import RECOMMENDED_SECRET_BYTES, TokenVerifier
@@ -83,6 +84,7 @@ class ServiceOptions(usage.Options):
         self["max-token-ttl"] = 3600.0
         self["max-line-bytes"] = DEFAULT_MAX_LINE_BYTES
         self["max-buffer-bytes"] = DEFAULT_MAX_BUFFER_BYTES
+        self["metrics"] = None
 
     def opt_secret(self, value: str) -> None:
         """The HS256 key itself (visible in `ps`: prefer --secret-file)."""
@@ -128,6 +130,10 @@ class ServiceOptions(usage.Options):
         """Drop a client with more unsent bytes than this [default: 4194304]."""
         self["max-buffer-bytes"] = _number(int, "--max-buffer-bytes", 1)(value)
 
+    def opt_metrics(self, description: str) -> None:
+        """Endpoint serving Prometheus /metrics, /healthz and /readyz [default: off]."""
+        self["metrics"] = description
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
@@ -135,6 +141,8 @@ class ServiceOptions(usage.Options):
         for description in self["listen"]:
             _check_endpoint("--listen", description)
         self._check_source()
+        if self["metrics"] is not None:
+            _check_endpoint("--metrics", self["metrics"])
 
     def _key(self) -> bytes | None:
         if self["no-auth"]:
@@ -223,7 +231,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         from twisted.internet import reactor
 
     key = options["key"]
-    broadcaster = Broadcaster(options["max-buffer-bytes"])
+    broadcaster = Broadcaster(options["max-buffer-bytes"], reactor)
     tracker = ClientTracker()
     verifier = (
         None
@@ -251,15 +259,32 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
     BroadcastService(
         broadcaster, tracker, reactor, _warnings(options, key)
     ).setServiceParent(top)
+    listeners = []
     for description in options["listen"]:
-        announced_service(description, factory, "websocket", reactor).setServiceParent(
-            top
-        )
+        service = announced_service(description, factory, "websocket", reactor)
+        service.setServiceParent(top)
+        listeners.append((description, service))
     source = options["source"]
     max_line = options["max-line-bytes"]
+    status = SourceStatus()
     if source == STDIO:
-        StdioSource(broadcaster, max_line, reactor.stop, reactor).setServiceParent(top)
+        StdioSource(
+            broadcaster, max_line, reactor.stop, reactor, status=status
+        ).setServiceParent(top)
     else:
-        sources = LineSourceFactory(broadcaster, max_line)
+        sources = LineSourceFactory(broadcaster, max_line, status)
         announced_service(source, sources, "source", reactor).setServiceParent(top)
+    if options["metrics"] is not None:
+        from nanostream.monitor import monitor_site
+
+        site = monitor_site(
+            broadcaster=broadcaster,
+            tracker=tracker,
+            admission=admission,
+            source=status,
+            listeners=listeners,
+            reactor=reactor,
+        )
+        monitor = announced_service(options["metrics"], site, "metrics", reactor)
+        monitor.setServiceParent(top)
     return top

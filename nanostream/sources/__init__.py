@@ -28,6 +28,8 @@ class SourceStatus:
     def __init__(self) -> None:
         self.connected = False
         self.detail = "source not started"
+        #: Lines dropped for being longer than ``--max-line-bytes``.
+        self.lines_discarded = 0
 
     def up(self, detail: str) -> None:
         self.connected = True

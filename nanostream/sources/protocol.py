@@ -28,10 +28,12 @@ class LineSourceProtocol(Protocol):
         max_line_bytes: int,
         name: str,
         on_end: Callable[[Failure], None] | None = None,
+        status: SourceStatus | None = None,
     ) -> None:
         self._sink = sink
         self._name = name
         self._on_end = on_end
+        self._status = SourceStatus() if status is None else status
         self._splitter = LineSplitter(max_line_bytes, self._overlong)
 
     def dataReceived(self, data: bytes) -> None:
@@ -47,6 +49,7 @@ class LineSourceProtocol(Protocol):
             self._on_end(reason)
 
     def _overlong(self, length: int) -> None:
+        self._status.lines_discarded += 1
         _log.warn(
             "discarded a line of at least {length} bytes from {source}: "
             "longer than {limit}",
@@ -93,7 +96,9 @@ class LineSourceFactory(Factory):
                 producers=self.producers,
             )
 
-        return LineSourceProtocol(self._sink, self._max_line_bytes, name, ended)
+        return LineSourceProtocol(
+            self._sink, self._max_line_bytes, name, ended, self.status
+        )
 
 
 def _describe(addr: IAddress) -> str:

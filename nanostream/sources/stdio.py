@@ -45,7 +45,7 @@ class StdioSource(Service):
     def startService(self) -> None:
         super().startService()
         protocol = LineSourceProtocol(
-            self._sink, self._max_line_bytes, "stdin", self._ended
+            self._sink, self._max_line_bytes, "stdin", self._ended, self.status
         )
         _log.info("source: stdin")
         self.status.up("reading stdin")
