@@ -68,6 +68,13 @@ class ServiceOptions(usage.Options):
 
     optFlags = [
         ["no-auth", None, "Run without tokens: anyone who can connect may listen."],
+        [
+            "demo",
+            None,
+            "Also serve a live demo page at / that mints its own tokens "
+            "(loopback listeners only).",
+        ],
+        ["demo-anywhere", None, "Allow --demo on listeners other hosts can reach."],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -143,6 +150,7 @@ class ServiceOptions(usage.Options):
         self._check_source()
         if self["metrics"] is not None:
             _check_endpoint("--metrics", self["metrics"])
+        self._check_demo()
 
     def _key(self) -> bytes | None:
         if self["no-auth"]:
@@ -170,6 +178,24 @@ class ServiceOptions(usage.Options):
         if source.startswith(REDIS_SCHEMES):
             raise usage.UsageError("--source: Redis sources are not supported yet")
         _check_endpoint("--source", source)
+
+    def _check_demo(self) -> None:
+        """The demo page gives a token to anyone who loads it: loopback only."""
+        if not self["demo"]:
+            if self["demo-anywhere"]:
+                raise usage.UsageError("--demo-anywhere only makes sense with --demo")
+            return
+        if self["demo-anywhere"]:
+            return
+        from nanostream.demo.loopback import is_loopback_endpoint
+
+        for description in self["listen"]:
+            if not is_loopback_endpoint(description):
+                raise usage.UsageError(
+                    f"--demo hands a token to anyone who loads its page, and "
+                    f"--listen {description!r} is not on a loopback interface; "
+                    "use interface=127.0.0.1 or a unix: socket, or add --demo-anywhere"
+                )
 
     @property
     def foreground(self) -> bool:
@@ -212,14 +238,26 @@ def _check_endpoint(option: str, description: str) -> None:
 
 
 def _warnings(options: ServiceOptions, key: bytes | None) -> list[str]:
+    warnings = []
     if key is None:
-        return ["running with --no-auth: anyone who can connect may listen"]
-    if len(key) < RECOMMENDED_SECRET_BYTES:
-        return [
+        warnings.append("running with --no-auth: anyone who can connect may listen")
+    elif len(key) < RECOMMENDED_SECRET_BYTES:
+        warnings.append(
             f"the secret is shorter than {RECOMMENDED_SECRET_BYTES} bytes; "
             "a longer random key resists guessing"
-        ]
-    return []
+        )
+    if options["demo"]:
+        if options["demo-anywhere"]:
+            warnings.append(
+                "--demo with --demo-anywhere: the page at / gives a working token "
+                "to anyone who can reach a listener; never do this in production"
+            )
+        else:
+            warnings.append(
+                "--demo: the page at / gives a working token to anyone who loads "
+                "it; listeners are on loopback only"
+            )
+    return warnings
 
 
 def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
@@ -259,9 +297,15 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
     BroadcastService(
         broadcaster, tracker, reactor, _warnings(options, key)
     ).setServiceParent(top)
+    listener = factory
+    if options["demo"]:
+        from nanostream.demo.page import DEFAULT_TOKEN_TTL, PageTokens, demo_site
+
+        ttl = min(DEFAULT_TOKEN_TTL, options["max-token-ttl"])
+        listener = demo_site(factory, PageTokens(key, reactor, ttl), reactor)
     listeners = []
     for description in options["listen"]:
-        service = announced_service(description, factory, "websocket", reactor)
+        service = announced_service(description, listener, "websocket", reactor)
         service.setServiceParent(top)
         listeners.append((description, service))
     source = options["source"]
