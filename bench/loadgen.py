@@ -37,8 +37,8 @@ from clients import (
     Rejected,
     SourceAddr,
     Stream,
-    Tally,
     bounded,
+    new_tally,
     pick_backend,
 )
 from procfs import self_cpu_seconds
@@ -105,7 +105,7 @@ async def run_stream(
     failures: Counter[str] = Counter()
 
     async def connect(i: int) -> None:
-        tally = Tally(stream)
+        tally = new_tally(stream)
         try:
             conns.append(
                 await session.backend.open(
