@@ -91,7 +91,7 @@ class Admission:
         """Log and count a refusal: the one place every refusal passes."""
         self.refused[refused.reason] = self.refused.get(refused.reason, 0) + 1
         _log.warn(
-            "rejected handshake from {peer}: {reason}",
+            "rejected handshake from {peer} (origin {origin}): {reason}",
             reason=refused.reason,
             status=refused.status,
             peer=peer,
