@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,8 +74,13 @@ class Admission:
             return fail(e)
 
         assert self._ledger is not None
-        d = self._ledger.consume(accepted.token_id, accepted.expires_at)
-        d.addCallback(self._first_use, accepted, peer, origin)
+        d = maybeDeferred(self._ledger.consume, accepted.token_id, accepted.expires_at)
+        d.addCallbacks(
+            self._first_use,
+            self._ledger_failed,
+            callbackArgs=(accepted, peer, origin),
+            errbackArgs=(peer, origin),
+        )
         return d
 
     def _first_use(
@@ -84,6 +89,18 @@ class Admission:
         if first:
             return accepted
         refused = Refused(reasons.ALREADY_USED)
+        self._log_refusal(refused, peer, origin)
+        return Failure(refused)
+
+    def _ledger_failed(
+        self, failure: Failure, peer: str, origin: str | None
+    ) -> Failure:
+        """Fail closed: a token the ledger cannot vouch for may have been used.
+
+        The ledger logs why it failed when its connection changes, not here
+        once per handshake.
+        """
+        refused = Refused(reasons.LEDGER_UNAVAILABLE)
         self._log_refusal(refused, peer, origin)
         return Failure(refused)
 

@@ -171,6 +171,17 @@ class AdmissionTests(SynchronousTestCase):
         self.failureResultOf(d)
         self.assertEqual(ledger.asked, 1)
 
+    def test_ledger_failure_refuses_with_503(self) -> None:
+        """A ledger that cannot answer is a 503 "ledger unavailable", logged once."""
+        refused = self.refusal(
+            self.gate(ledger=UnreachableLedger()).admit(PEER, None, [mint()])
+        )
+        self.assertEqual(
+            (refused.reason, refused.status), (reasons.LEDGER_UNAVAILABLE, 503)
+        )
+        [event] = self.refusals_logged()
+        self.assertEqual(event["reason"], reasons.LEDGER_UNAVAILABLE)
+
     def test_token_not_logged(self) -> None:
         """No refusal event carries the token it refused."""
         gate = self.gate()
