@@ -23,6 +23,7 @@ from nanostream.ledger import MemoryLedger
 from nanostream.lines import DEFAULT_MAX_LINE_BYTES
 from nanostream.listening import announced_service
 from nanostream.origins import OriginPolicy
+from nanostream.redis_url import RedisURLError, resolve
 from nanostream.secret import SecretError, load_secret
 from nanostream.service import BroadcastService, ClientTracker
 from nanostream.sources import SourceStatus
@@ -92,6 +93,10 @@ class ServiceOptions(usage.Options):
         self["max-line-bytes"] = DEFAULT_MAX_LINE_BYTES
         self["max-buffer-bytes"] = DEFAULT_MAX_BUFFER_BYTES
         self["metrics"] = None
+        self["ledger"] = None
+        self["ledger-prefix"] = "nanostream:used:"
+        self["ledger-timeout"] = 0.5
+        self["redis-password-file"] = None
 
     def opt_secret(self, value: str) -> None:
         """The HS256 key itself (visible in `ps`: prefer --secret-file)."""
@@ -106,8 +111,30 @@ class ServiceOptions(usage.Options):
         self["listen"].append(description)
 
     def opt_source(self, source: str) -> None:
-        """stdio, or a server endpoint producers write lines to [default: stdio]."""
+        """stdio, a server endpoint producers write lines to, or
+        redis://HOST:PORT/DB?channel=NAME (rediss:// for TLS) [default: stdio]."""
         self["source"] = source
+
+    def opt_ledger(self, url: str) -> None:
+        """Keep used tokens in Redis, shared by a fleet: redis://HOST:PORT/DB."""
+        self["ledger"] = url
+
+    def opt_ledger_prefix(self, prefix: str) -> None:
+        """Key prefix of the Redis ledger [default: nanostream:used:]."""
+        if not prefix:
+            raise usage.UsageError("--ledger-prefix must not be empty")
+        self["ledger-prefix"] = prefix
+
+    def opt_ledger_timeout(self, value: str) -> None:
+        """Seconds to wait for the Redis ledger before refusing with 503
+        [default: 0.5]."""
+        self["ledger-timeout"] = _number(float, "--ledger-timeout", 0, above=True)(
+            value
+        )
+
+    def opt_redis_password_file(self, path: str) -> None:
+        """File holding the Redis password for --source and --ledger URLs."""
+        self["redis-password-file"] = path
 
     def opt_origin(self, pattern: str) -> None:
         """Allowed Origin value, "*" as wildcard (repeatable) [default: any]."""
@@ -150,6 +177,7 @@ class ServiceOptions(usage.Options):
         self._check_source()
         if self["metrics"] is not None:
             _check_endpoint("--metrics", self["metrics"])
+        self._check_ledger()
         self._check_demo()
 
     def _key(self) -> bytes | None:
@@ -176,8 +204,31 @@ class ServiceOptions(usage.Options):
                 )
             return
         if source.startswith(REDIS_SCHEMES):
-            raise usage.UsageError("--source: Redis sources are not supported yet")
+            self["redis-source"] = self._redis("--source", source, channel=True)
+            return
         _check_endpoint("--source", source)
+
+    def _check_ledger(self) -> None:
+        url = self["ledger"]
+        if url is None:
+            if self["redis-password-file"] is not None and not self.get(
+                "redis-source"
+            ):
+                raise usage.UsageError(
+                    "--redis-password-file needs a redis:// --source or --ledger"
+                )
+            return
+        if self["no-auth"]:
+            raise usage.UsageError("--ledger and --no-auth contradict: no tokens")
+        self["redis-ledger"] = self._redis("--ledger", url, channel=False)
+
+    def _redis(self, option: str, url: str, *, channel: bool) -> Any:
+        try:
+            return resolve(
+                url, channel=channel, password_file=self["redis-password-file"]
+            )
+        except RedisURLError as e:
+            raise usage.UsageError(f"{option}: {e}") from None
 
     def _check_demo(self) -> None:
         """The demo page gives a token to anyone who loads it: loopback only."""
@@ -278,12 +329,19 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
             key, leeway=options["leeway"], max_ttl=options["max-token-ttl"]
         )
     )
-    admission = Admission(
-        reactor,
-        verifier,
-        MemoryLedger(reactor) if verifier is not None else None,
-        OriginPolicy(options["origin"]),
-    )
+    ledger = None
+    if verifier is not None and options.get("redis-ledger") is not None:
+        from nanostream.ledger_redis import RedisLedger
+
+        ledger = RedisLedger(
+            options["redis-ledger"],
+            reactor,
+            prefix=options["ledger-prefix"],
+            timeout=options["ledger-timeout"],
+        )
+    elif verifier is not None:
+        ledger = MemoryLedger(reactor)
+    admission = Admission(reactor, verifier, ledger, OriginPolicy(options["origin"]))
     factory = NanostreamServerFactory(
         admission,
         broadcaster,
@@ -310,10 +368,18 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         listeners.append((description, service))
     source = options["source"]
     max_line = options["max-line-bytes"]
+    if IService.providedBy(ledger):
+        ledger.setServiceParent(top)
     status = SourceStatus()
     if source == STDIO:
         StdioSource(
             broadcaster, max_line, reactor.stop, reactor, status=status
+        ).setServiceParent(top)
+    elif options.get("redis-source") is not None:
+        from nanostream.sources.redis import RedisSource
+
+        RedisSource(
+            broadcaster, max_line, options["redis-source"], reactor, status=status
         ).setServiceParent(top)
     else:
         sources = LineSourceFactory(broadcaster, max_line, status)
