@@ -188,13 +188,11 @@ class StdioSourceTests(TestCase):
         self.eofs: list[None] = []
         self.open_fds: set[int] = set()
         stdin_read, self.stdin_write = self.pipe()
-        stdout_read, stdout_write = self.pipe()
         self.source = StdioSource(
             self.sink,
             100,
             self.on_eof,
             stdin=stdin_read,
-            stdout=stdout_write,
         )
         self.eof: Deferred[None] = Deferred()
 

@@ -1,15 +1,19 @@
-"""The default source: lines piped into the process's stdin."""
+"""The default source: lines piped into the process's stdin.
+
+Read through :class:`~nanostream.sources.pipe.PipeReader` rather than
+``StandardIO``, for larger batches; stdout is left alone.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet import stdio
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.sources import LineSink, SourceStatus
+from nanostream.sources.pipe import PipeReader
 from nanostream.sources.protocol import LineSourceProtocol
 
 _log = Logger()
@@ -27,20 +31,17 @@ class StdioSource(Service):
         status: SourceStatus | None = None,
         *,
         stdin: int = 0,
-        stdout: int = 1,
     ) -> None:
         """
         :param stdin: the descriptor to read; tests hand in a pipe instead.
-        :param stdout: the descriptor ``StandardIO`` also holds open.
         """
         self.status = SourceStatus() if status is None else status
         self._stdin = stdin
-        self._stdout = stdout
         self._sink = sink
         self._max_line_bytes = max_line_bytes
         self._on_eof = on_eof
         self._reactor = reactor
-        self._stdio: stdio.StandardIO | None = None
+        self._reader: PipeReader | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -49,12 +50,10 @@ class StdioSource(Service):
         )
         _log.info("source: stdin")
         self.status.up("reading stdin")
-        self._stdio = stdio.StandardIO(
-            protocol, self._stdin, self._stdout, reactor=self._reactor
-        )
+        self._reader = PipeReader(self._stdin, protocol, self._reactor)
 
     def _ended(self, reason: Failure) -> None:
-        self._stdio = None
+        self._reader = None
         self.status.down("stdin closed")
         if not self.running:
             return
@@ -63,5 +62,5 @@ class StdioSource(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._stdio is not None:
-            self._stdio.loseConnection()
+        if self._reader is not None:
+            self._reader.loseConnection()
