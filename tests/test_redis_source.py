@@ -103,6 +103,13 @@ class RedisSourceTests(SynchronousTestCase):
         [warning] = [e for e in events if e.get("length") == 17]
         self.assertEqual(warning["limit"], 16)
 
+    def test_overlong_counted_for_metrics(self) -> None:
+        """Each dropped message is counted on the status the metrics read."""
+        self.start_subscribed()
+        data = message(b"feed", b"x" * 17) + message(b"feed", b"y" * 16)
+        feed(self.endpoint.last, data + message(b"feed", b"z" * 20), self.clock)
+        self.assertEqual(self.source.status.lines_discarded, 2)
+
     def test_empty_message_skipped(self) -> None:
         """An empty message is skipped, like an empty line."""
         self.start_subscribed()

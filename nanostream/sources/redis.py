@@ -103,6 +103,7 @@ class RedisSource(Service):
         if not message:
             return
         if len(message) > self._max_line_bytes:
+            self.status.lines_discarded += 1
             _log.warn(
                 "discarded a line of {length} bytes from Redis channel "
                 "{channel}: longer than {limit}",
