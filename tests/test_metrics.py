@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import jwt
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -134,6 +136,25 @@ def scrape(collector: ServiceCollector) -> dict[str, dict[tuple[str, ...], float
             key = tuple(sample.labels.values())
             samples.setdefault(sample.name, {})[key] = sample.value
     return samples
+
+
+class BrokenLedger:
+    """A shared ledger that cannot answer."""
+
+    def consume(self, token_id: bytes, expires_at: float) -> Deferred[bool]:
+        return fail(ConnectionRefusedError("ledger down"))
+
+
+class LedgerRefusalTests(SynchronousTestCase):
+    def test_ledger_failure_counted(self) -> None:
+        """A refusal from a failing ledger is counted under its own phrase."""
+        clock = Clock()
+        admission = Admission(
+            clock, TokenVerifier(SECRET), BrokenLedger(), OriginPolicy(())
+        )
+        token = jwt.encode({"exp": 60}, SECRET, algorithm="HS256")
+        self.failureResultOf(admission.admit("tcp4:192.0.2.1:1", None, [token]))
+        self.assertEqual(admission.refused[reasons.LEDGER_UNAVAILABLE], 1)
 
 
 class CollectorTests(SynchronousTestCase):
