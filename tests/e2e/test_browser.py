@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
+from .example_app import ExampleApp
 from .harness import EVENT_TIMEOUT, Nanostream, ServiceTestCase, receive
 
 CHROMIUM = "/usr/bin/chromium"
@@ -234,3 +235,20 @@ class BrowserTests(ServiceTestCase):
         self.assertIsNone(self.remember_token(service, page))
         service.write(b"open to all\n")
         self.assertEqual(self.await_lines(page, 1), ["open to all"])
+
+    def test_example_app_page(self) -> None:
+        """A page from examples/token_page.py, on another origin, shows the feed."""
+        service = self.start()
+        app = ExampleApp(service)
+        self.addCleanup(app.stop)
+        page = self.new_page()
+        page.goto(app.url)
+        page.wait_for_function(
+            "() => document.getElementById('state').textContent === 'live'"
+        )
+        match = re.search(r'const token = "([^"]+)";', page.content())
+        assert match is not None
+        service.sent_tokens.append(match.group(1))
+        service.write(b"first\nsecond\n")
+        self.assertEqual(self.await_lines(page, 2), ["first", "second"])
+        self.screenshot(page, "example-app")
