@@ -181,8 +181,6 @@ _HANDSHAKE_LEFTOVERS = (
 #: read, nobody reads it, and a private one costs about 1 KiB per client.
 _SHARED_TRAFFIC_STATS = TrafficStats()
 
-_MISSING = object()
-
 
 def _as_class_attribute(value: Any) -> Any:
     """A callable option must not turn into a method on the class."""
@@ -192,20 +190,13 @@ def _as_class_attribute(value: Any) -> Any:
 def _shed_handshake_state(protocol: NanostreamServerProtocol) -> None:
     """Shrink an open connection to what it still needs (BRIEF §6 memory).
 
-    Autobahn copies every factory option onto each connection and keeps the
-    whole handshake; with thousands of idle listeners that is most of our
-    memory.  Options equal to the class-level copy the factory made are
-    dropped (lookups fall back to the class), the handshake leftovers go,
-    and the instance dictionary is rebuilt at its new, smaller size.
+    Autobahn keeps the whole handshake on each connection; with thousands of
+    idle listeners that is much of our memory.  The leftovers go, and the
+    instance dictionary is rebuilt at its new, smaller size.
     """
     state = protocol.__dict__
     for name in _HANDSHAKE_LEFTOVERS:
         state.pop(name, None)
-    cls = type(protocol)
-    for name in protocol.CONFIG_ATTRS:
-        value = state.get(name, _MISSING)
-        if value is not _MISSING and value is cls.__dict__.get(name, _MISSING):
-            del state[name]
     # Only synchronous or chopped sends queue anything, and we make neither:
     # an immutable empty queue costs nothing and fails loudly if that changes.
     if not state.get("send_queue"):
@@ -247,13 +238,21 @@ class NanostreamServerFactory(WebSocketServerFactory):
             # frames) with a bare 400 before onConnect; --origin decides instead.
             allowNullOrigin=True,
         )
-        # Give the protocol class this factory's options, so open connections
-        # can drop their private copies (see _shed_handshake_state).
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """Set Autobahn options, then bind them to a protocol class of ours.
+
+        Autobahn copies every option from the factory onto each connection as
+        it is made (and pretty-prints the list for a debug line, even when
+        debug logging is off): a fifth of a handshake's CPU and most of an
+        idle connection's memory.  A protocol class carrying the options as
+        class attributes, with nothing left to copy, does neither.
+        """
+        super().setProtocolOptions(**options)
+        names = NanostreamServerProtocol.CONFIG_ATTRS
+        attributes = {name: _as_class_attribute(getattr(self, name)) for name in names}
         self.protocol = type(
             "NanostreamServerProtocol",
             (NanostreamServerProtocol,),
-            {
-                name: _as_class_attribute(getattr(self, name))
-                for name in self.protocol.CONFIG_ATTRS
-            },
+            {"CONFIG_ATTRS": (), **attributes},
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -46,10 +47,8 @@ class WidenPipeTests(SynchronousTestCase):
 
     def test_not_a_pipe_left_alone(self) -> None:
         """A regular file is not a pipe: widen_pipe does nothing and raises nothing."""
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(b"x")
-        fd = os.open(path, os.O_RDONLY)
+        fd, path = tempfile.mkstemp()
+        self.addCleanup(os.remove, path)
         self.addCleanup(os.close, fd)
         widen_pipe(fd)
 
