@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidTokenError
-from jwt.warnings import InsecureKeyLengthWarning
 
 from nanostream.reasons import (
     EXPIRED,
@@ -32,7 +31,24 @@ from nanostream.reasons import (
 #: start instead of letting PyJWT warn on every handshake.
 RECOMMENDED_SECRET_BYTES = 32
 
-warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+
+class _PreparedHS256(HMACAlgorithm):
+    """HS256 for one secret, checked once at start rather than per token.
+
+    PyJWT prepares the key on every decode, probing whether it could be an
+    asymmetric key in PEM, SSH or DER form; for a fixed secret that was a
+    quarter of a handshake's token checking.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._key = super().prepare_key(secret)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return self._key
+
+    def check_key_length(self, key: bytes) -> str | None:
+        return None
 
 
 class TokenRejected(Exception):
@@ -111,7 +127,8 @@ class TokenVerifier:
         self._secret = secret
         self._leeway = leeway
         self._max_ttl = max_ttl
-        self._jws = jwt.PyJWS(algorithms=["HS256"])
+        self._jws = jwt.PyJWS(algorithms=[])
+        self._jws.register_algorithm("HS256", _PreparedHS256(secret))
 
     @property
     def leeway(self) -> float:
