@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from unittest import SkipTest
@@ -140,10 +141,23 @@ def free_port() -> int:
 class RedisServer:
     """A private ``redis-server`` on loopback, which tests may stop and restart."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        options: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
+        """
+        :param options: more ``redis-server`` options (TLS, say).
+        :param password: required of clients (``requirepass``).
+        """
         self.directory = directory
         self.port = free_port() if port is None else port
-        self.target = RedisTarget("127.0.0.1", self.port, 0)
+        self.options = list(options)
+        if password is not None:
+            self.options += ["--requirepass", password]
+        self.target = RedisTarget("127.0.0.1", self.port, 0, password=password)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -165,6 +179,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *self.options,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -172,7 +187,7 @@ class RedisServer:
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
-        while not answers(self.target, 0.5):
+        while not self.answers():
             if self.process.poll() is not None:
                 raise AssertionError(
                     f"redis-server exited with {self.process.returncode}:\n"
@@ -181,6 +196,13 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise AssertionError("redis-server did not answer PING in time")
             time.sleep(0.05)
+
+    def answers(self) -> bool:
+        if "--tls-port" not in self.options:
+            return answers(self.target, 0.5)
+        tls_port = int(self.options[self.options.index("--tls-port") + 1])
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", tls_port)) == 0
 
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL."""
@@ -195,7 +217,11 @@ class RedisServer:
             process.wait(STOP_TIMEOUT)
 
 
-def private_redis(case: SynchronousTestCase) -> RedisServer:
+def private_redis(
+    case: SynchronousTestCase,
+    options: Sequence[str] = (),
+    password: str | None = None,
+) -> RedisServer:
     """A started redis-server of this test's own, stopped in cleanup; or skip."""
     if shutil.which("redis-server") is None:
         raise SkipTest(
@@ -204,7 +230,7 @@ def private_redis(case: SynchronousTestCase) -> RedisServer:
         )
     directory = Path(tempfile.mkdtemp(prefix="nanostream-redis-"))
     case.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-    server = RedisServer(directory)
+    server = RedisServer(directory, options=options, password=password)
     case.addCleanup(server.stop)
     server.start()
     return server

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from redis_server import (
@@ -210,6 +213,46 @@ class OutageTests(RedisLiveTestCase):
         # "during", refused while Redis was away, is now a first use.
         self.assertTrue((yield ledger.consume(b"during", expires)))
         self.assertFalse((yield ledger.consume(b"during", expires)))
+
+
+class TLSTests(RedisLiveTestCase):
+    @inlineCallbacks
+    def test_rediss_with_password(self) -> Any:
+        """rediss:// with AUTH: publisher and source meet; no log has the password."""
+        from e2e.harness import self_signed_certificate
+
+        password = "hunter2-over-tls"
+        certificates = Path(tempfile.mkdtemp(prefix="nanostream-tls-"))
+        self.addCleanup(shutil.rmtree, certificates, ignore_errors=True)
+        key, cert = self_signed_certificate(certificates)
+        port = free_port()
+        private_redis(
+            self,
+            options=[
+                "--port", "0",
+                "--tls-port", str(port),
+                "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(cert),
+                "--tls-auth-clients", "no",
+            ],
+            password=password,
+        )  # fmt: skip
+        channel = unique("tls")
+        url = f"rediss://:{password}@127.0.0.1:{port}/0?channel={channel}&ca={cert}"
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        sink = CountingSink()
+        subscribed = log_event(self, said("subscribed to Redis channel"))
+        self.start(RedisSource(sink, 1024, parse_redis_url(url, channel=True), reactor))
+        yield subscribed
+        done = run_publish(url, b"over tls\n", timeout=30)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual((yield sink.wait_for(1)), [b"over tls"])
+        self.assertTrue(events)
+        for event in events:
+            self.assertNotIn(password, repr(event))
 
 
 def run_publish(
