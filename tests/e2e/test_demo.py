@@ -16,6 +16,8 @@ from .harness import (
     ServiceTestCase,
     close_code,
     receive,
+    self_signed_certificate,
+    trusting,
 )
 
 #: More than the server's largest kernel send buffer (tcp_wmem max, 4 MiB)
@@ -104,6 +106,28 @@ class DemoPortTests(ServiceTestCase):
         self.assertEqual(
             [m[0] for m in received[:-1]], [chr(65 + i) for i in range(FLOOD_LINES)]
         )
+
+    def test_demo_over_tls(self) -> None:
+        """On an ssl: listener the page is served over HTTPS and its WebSocket
+        URL is wss://, and a client upgrading through TLS hears the lines."""
+        key, cert = self_signed_certificate(self.directory)
+        listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        self.service = service = self.start(listen=[listen], options=["--demo"])
+        address = service.websocket
+        context = trusting(cert)
+        url = f"https://localhost:{address.port}/"
+        with urllib.request.urlopen(
+            url, timeout=EVENT_TIMEOUT, context=context
+        ) as page:
+            html = page.read().decode()
+        match = re.search(r'type="application/json">(.*?)</script>', html, re.S)
+        assert match is not None
+        config = json.loads(match.group(1))
+        self.assertEqual(config["url"], f"wss://localhost:{address.port}/")
+        service.sent_tokens.append(config["token"])
+        client = service.connect(config["token"], tls=context)
+        service.write(b"secure line\n")
+        self.assertEqual(receive(client, 1), ["secure line"])
 
     def test_access_log_redacts_token(self) -> None:
         """A plain GET carrying ?t= is served the page and logged with t redacted."""
