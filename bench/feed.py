@@ -11,9 +11,9 @@ machine), which is what makes cross-process latency meaningful.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from typing import BinaryIO
 
 SEQ_AT = len(b'{"seq":')
 SENT_KEY = b',"sent_ns":'
@@ -49,27 +49,42 @@ def parse_head(head: bytes) -> tuple[int, int]:
     return int(head[SEQ_AT:comma]), int(head[start : head.index(b",", start)])
 
 
-def write_burst(
-    sink: BinaryIO, count: int, batch: int = 128, stop: Callable[[], bool] = bool
-) -> int:
-    """Write ``count`` lines as fast as the pipe takes them; return lines written.
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a blocking file descriptor.
 
-    Lines are built in batches just before they are written, so that the
-    send time they carry is close to the real write time.
+    Unlike a buffered file object, this holds no lock while blocked, so
+    another thread can still close the pipe or kill the server.
     """
-    written = 0
-    clock = time.monotonic_ns
-    while written < count and not stop():
-        n = min(batch, count - written)
-        now = clock()
-        sink.write(b"".join(make_line(written + i, now) for i in range(n)))
-        sink.flush()
-        written += n
-    return written
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_lines_file(path: str, count: int) -> None:
+    """Write lines 0..count-1 to ``path``, for a run whose lines are known ahead."""
+    now = time.monotonic_ns()
+    with open(path, "wb") as f:
+        for start in range(0, count, 1024):
+            f.write(
+                b"".join(
+                    make_line(i, now) for i in range(start, min(count, start + 1024))
+                )
+            )
+
+
+def write_chunks(
+    fd: int, data: bytes, chunk: int = 2**16, stop: Callable[[], bool] = bool
+) -> int:
+    """Write ``data`` as fast as the pipe takes it; return the lines written."""
+    for start in range(0, len(data), chunk):
+        if stop():
+            return data.count(b"\n", 0, start)
+        write_all(fd, data[start : start + chunk])
+    return data.count(b"\n")
 
 
 def write_paced(
-    sink: BinaryIO, count: int, rate: float, stop: Callable[[], bool] = bool
+    fd: int, count: int, rate: float, stop: Callable[[], bool] = bool
 ) -> int:
     """Write ``count`` lines at ``rate`` lines/s on a fixed schedule.
 
@@ -85,6 +100,5 @@ def write_paced(
         delay = (start + seq * interval - clock()) / 1e9
         if delay > 0:
             time.sleep(delay)
-        sink.write(make_line(seq, clock()))
-        sink.flush()
+        write_all(fd, make_line(seq, clock()))
     return count

@@ -327,6 +327,51 @@ def measure(
     return metrics
 
 
+def measure_handshakes(
+    args: argparse.Namespace,
+    setup: Setup,
+    redis: Redis,
+    workdir: Path,
+    count: int,
+    rep: int,
+) -> dict[str, Any]:
+    """Handshakes per second on one node, memory ledger or Redis ledger."""
+    fleet = Fleet(args, setup, redis, workdir, f"{setup.name}.handshake.{rep}")
+    argv = [
+        sys.executable, str(BENCH / "loadgen.py"), "handshake",
+        "--url", f"ws://127.0.0.1:{fleet.ports[0]}/",
+        "--secret-file", str(fleet.secret),
+        "--client", args.client,
+        "--count", str(count), "--concurrency", "50",
+    ]  # fmt: skip
+    log = fleet.logdir / f"fleet.{fleet.tag}.loadgen0.log"
+    with fleet.nodes() as nodes, LoadgenProcess(argv, log) as lg:
+        lg.wait("ready", timeout=60)
+        node_before = nodes[0].cpu()
+        redis_before = redis.cpu() if setup.redis else 0.0
+        lg.send("go")
+        res = lg.wait("result", timeout=600)
+        node_cpu = nodes[0].cpu() - node_before
+        redis_cpu = redis.cpu() - redis_before if setup.redis else 0.0
+        lg.finish()
+    wall = max((res["t_end_ns"] - res["t_start_ns"]) / 1e9, 1e-9)
+    ok = res["ok"]
+    checks = res["checks"]
+    return {
+        "setup": setup.name,
+        "kind": "handshake",
+        "rep": rep,
+        "ledger": "redis" if setup.redis else "memory",
+        "handshakes": ok,
+        "failed": res["other"],
+        "handshakes_per_s": round(ok / wall, 1),
+        "node_cpu_us_per_handshake": round(node_cpu / max(ok, 1) * 1e6, 1),
+        "redis_cpu_us_per_handshake": round(redis_cpu / max(ok, 1) * 1e6, 2),
+        "auth_ok": checks.get("fresh_token") == 101
+        and all(v == 401 for k, v in checks.items() if k != "fresh_token"),
+    }
+
+
 def redis_micro(redis: Redis, workdir: Path, quick: bool) -> dict[str, Any]:
     """redis-benchmark figures the scaling model needs, with Redis's CPU."""
     if shutil.which("redis-benchmark") is None:
@@ -388,7 +433,11 @@ def median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def report(results: list[dict[str, Any]], micro: dict[str, Any]) -> str:
+def report(
+    results: list[dict[str, Any]],
+    handshakes: list[dict[str, Any]],
+    micro: dict[str, Any],
+) -> str:
     rows = [
         "| set-up | nodes | deliveries/s | node CPU µs/delivery | Redis CPU µs/line"
         " | p50 ms | p99 ms | lost | out of order |",
@@ -413,6 +462,23 @@ def report(results: list[dict[str, Any]], micro: dict[str, Any]) -> str:
             f"| {sum(r['out_of_order'] for r in runs)} |"
         )
     lines = ["# Fleet scenario", "", *rows, ""]
+    if handshakes:
+        lines += ["## Handshakes on one node", ""]
+        lines += [
+            "| ledger | handshakes/s | node CPU µs/handshake"
+            " | Redis CPU µs/handshake | 401 checks |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
+        for ledger in ("memory", "redis"):
+            runs = [h for h in handshakes if h["ledger"] == ledger]
+            if runs:
+                lines.append(
+                    f"| {ledger} | {median([h['handshakes_per_s'] for h in runs]):,.0f}"
+                    f" | {median([h['node_cpu_us_per_handshake'] for h in runs])}"
+                    f" | {median([h['redis_cpu_us_per_handshake'] for h in runs])}"
+                    f" | {'ok' if all(h['auth_ok'] for h in runs) else 'FAILED'} |"
+                )
+        lines.append("")
     if micro:
         lines += ["## Redis micro-measurements (redis-benchmark)", ""]
         lines += ["| operation | ops/s | Redis CPU µs/op |", "| --- | ---: | ---: |"]
@@ -436,6 +502,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--redis", help="use this Redis instead of a private one")
     parser.add_argument("--micro", action="store_true", help="add redis-benchmark")
+    parser.add_argument(
+        "--handshakes", type=int, default=0, help="also time this many handshakes"
+    )
+    parser.add_argument(
+        "--name", default="fleet", help="results file stem (default: fleet)"
+    )
     parser.add_argument("--client", default="auto")
     parser.add_argument("--twistd", default=find_twistd())
     return parser.parse_args(argv)
@@ -447,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("twistd not found: install the project in .venv")
     if args.quick:
         sizes = Sizes(clients=10, lines=300, rate=50, duration=2)
+        args.handshakes = args.handshakes or 40
     else:
         sizes = Sizes(args.clients, args.lines, args.rate, args.duration)
     setups = [
@@ -455,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         Setup(f"fleet-{args.nodes}", args.nodes, True),
     ]
     results: list[dict[str, Any]] = []
+    handshakes: list[dict[str, Any]] = []
     micro: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nanostream-fleet-") as tmp:
         workdir = Path(tmp)
@@ -464,15 +538,24 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(1, args.reps + 1):
                 for setup in setups:
                     for kind in ("fanout", "latency"):
+                        if kind == "fanout" and args.lines == 0:
+                            continue
                         result = measure(args, setup, redis, workdir, sizes, kind, rep)
                         print(json.dumps(result), flush=True)
                         results.append(result)
+                if args.handshakes:
+                    for setup in setups[:2]:
+                        result = measure_handshakes(
+                            args, setup, redis, workdir, args.handshakes, rep
+                        )
+                        print(json.dumps(result), flush=True)
+                        handshakes.append(result)
             if args.micro or args.quick:
                 micro = redis_micro(redis, workdir, args.quick)
                 print(json.dumps(micro), flush=True)
         finally:
             redis.stop()
-    stem = "fleet-quick" if args.quick else "fleet"
+    stem = "fleet-quick" if args.quick else args.name
     RESULTS.mkdir(exist_ok=True)
     document = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -485,13 +568,15 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sizes": sizes.__dict__,
         "results": results,
+        "handshakes": handshakes,
         "redis_micro": micro,
     }
     (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
-    text = report(results, micro)
+    text = report(results, handshakes, micro)
     (RESULTS / f"{stem}.md").write_text(text)
     print(text)
     bad = [r for r in results if r["lost"] or r["out_of_order"] or r["publisher_exit"]]
+    bad += [h for h in handshakes if not h["auth_ok"]]
     return 1 if bad else 0
 
 

@@ -42,6 +42,7 @@ from clients import (
     pick_backend,
 )
 from procfs import self_cpu_seconds
+from rawclient import Expected, open_exact
 
 # Ephemeral ports per source address that we allow ourselves to use.
 _PORTS_PER_ADDRESS = 20000
@@ -100,18 +101,23 @@ class Session:
 async def run_stream(
     args: argparse.Namespace, session: Session, commands: Commands
 ) -> None:
+    expected = Expected.from_file(args.expect_file) if args.expect_file else None
+    if expected is not None:
+        args.expect = len(expected.ends)
+    exact = expected is not None and args.client in ("auto", "exact")
     stream = Stream(args.clients, args.expect, args.latency)
     conns: list[Connection] = []
     failures: Counter[str] = Counter()
 
     async def connect(i: int) -> None:
         tally = new_tally(stream)
+        url, source = session.url(), source_for(i, args.clients)
         try:
-            conns.append(
-                await session.backend.open(
-                    session.url(), tally, source_for(i, args.clients)
-                )
-            )
+            if exact:
+                assert expected is not None
+                conns.append(await open_exact(url, expected, tally, source))
+            else:
+                conns.append(await session.backend.open(url, tally, source))
         except Exception as exc:  # noqa: BLE001 - every failure is counted
             failures[_describe(exc)] += 1
             tally.on_close()
@@ -126,7 +132,7 @@ async def run_stream(
         connected=len(conns),
         failed=dict(failures),
         connect_s=round(time.monotonic() - t0, 3),
-        client=session.backend.name,
+        client="exact-bytes" if exact else session.backend.name,
     )
     timed_out = not await _await_progress(stream, args.idle_timeout, args.deadline)
     cpu_done = self_cpu_seconds()
@@ -297,7 +303,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/")
     parser.add_argument("--secret-file", required=True)
     parser.add_argument(
-        "--client", default="auto", choices=["auto", "picows", "websockets"]
+        "--client", default="auto", choices=["auto", "exact", "picows", "websockets"]
+    )
+    parser.add_argument(
+        "--expect-file",
+        help="stream: the lines the server is fed; clients then check exact bytes",
     )
     parser.add_argument("--core", type=int, help="pin this process to one CPU")
     parser.add_argument("--clients", type=int, default=10)
@@ -319,7 +329,9 @@ def raise_fd_limit() -> None:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    session = Session(args, pick_backend(args.client))
+    session = Session(
+        args, pick_backend("auto" if args.client == "exact" else args.client)
+    )
     commands = Commands(asyncio.get_running_loop())
     mode = {"stream": run_stream, "handshake": run_handshake, "hold": run_hold}[
         args.mode

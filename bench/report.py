@@ -52,6 +52,8 @@ def correctness_problems(run: dict[str, Any]) -> list[str]:
     problems = [f"{k}={m[k]}" for k in FAULTS if m.get(k)]
     if m.get("timed_out"):
         problems.append("timed out")
+    if "server_exit" in m and m["server_exit"] != 0:
+        problems.append(f"server exit status {m['server_exit']} after end of input")
     if m.get("auth_ok") is False:
         problems.append(f"auth checks {m.get('auth_checks')}")
     return problems

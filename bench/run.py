@@ -18,6 +18,7 @@ import argparse
 import datetime
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client",
         default="auto",
-        choices=["auto", "picows", "websockets"],
-        help="load generator client library (auto: picows if importable)",
+        choices=["auto", "exact", "picows", "websockets"],
+        help="load generator client (auto: exact-bytes for fan-out, else picows"
+        " if importable, else websockets)",
     )
     parser.add_argument("--twistd", help="the twistd that has the nanostream plugin")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -121,8 +123,21 @@ def headline(run: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def exit_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into SystemExit, so every finally block runs
+    and no server or load generator outlives the runner (a background job
+    inherits SIGINT ignored, and SIGTERM would otherwise end us on the spot)."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_signals()
     names = (
         args.servers or ("nanostream" if args.quick else ",".join(servers.ALL))
     ).split(",")

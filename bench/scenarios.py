@@ -224,7 +224,7 @@ class Writer(threading.Thread):
 
     def __init__(self, sink: IO[bytes], write: Callable[..., int], *args: Any):
         super().__init__(daemon=True)
-        self._sink, self._write, self._args = sink, write, args
+        self._fd, self._write, self._args = sink.fileno(), write, args
         self._stop_flag = threading.Event()
         self.written = 0
         self.error: str | None = None
@@ -232,7 +232,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             self.written = self._write(
-                self._sink, *self._args, stop=self._stop_flag.is_set
+                self._fd, *self._args, stop=self._stop_flag.is_set
             )
         except (BrokenPipeError, OSError, ValueError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
@@ -246,16 +246,16 @@ def run_stream(run: Run) -> dict[str, Any]:
     sc = run.scenario
     paced = sc.kind == "latency"
     lines = int(sc.rate * sc.duration) if paced else sc.lines
-    args: list[object] = [
-        "--clients",
-        sc.clients,
-        "--expect",
-        lines,
-        "--concurrency",
-        100,
-    ]
+    args: list[object] = ["--clients", sc.clients, "--expect", lines]
+    args += ["--concurrency", 100]
     if paced:
         args.append("--latency")
+    else:
+        # Lines known ahead let clients check exact bytes (see rawclient.py).
+        lines_file = run.ctx.workdir / f"lines-{lines}.txt"
+        if not lines_file.exists():
+            feed.write_lines_file(str(lines_file), lines)
+        args += ["--expect-file", lines_file]
     with run.server() as server:
         server.wait_ready()
         with run.loadgen("stream", *args) as lg:
@@ -268,7 +268,9 @@ def run_stream(run: Run) -> dict[str, Any]:
             if paced:
                 writer = Writer(server.stdin, feed.write_paced, lines, sc.rate)
             else:
-                writer = Writer(server.stdin, feed.write_burst, lines)
+                writer = Writer(
+                    server.stdin, feed.write_chunks, lines_file.read_bytes()
+                )
             writer.start()
             try:
                 res = lg.wait("result", timeout=sc.duration + 600)
