@@ -1,14 +1,15 @@
 """Decides whether a handshake may become a client (BRIEF §3).
 
-Runs the checks in the brief's order (origin, token presence, signature and
-claims, single use) and logs each refusal once, with its fixed reason phrase,
-the peer and the Origin: never the token.  It knows nothing of WebSockets;
-the protocol turns a :class:`Refused` into an HTTP status.
+Runs the checks in the brief's order (origin, room for one more client,
+token presence, signature and claims, single use) and logs each refusal once,
+with its fixed reason phrase, the peer and the Origin: never the token.  It
+knows nothing of WebSockets; the protocol turns a :class:`Refused` into an
+HTTP status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -41,11 +42,19 @@ class Admission:
         verifier: TokenVerifier | None,
         ledger: ILedger | None,
         origins: OriginPolicy,
+        *,
+        full: Callable[[], bool] | None = None,
     ) -> None:
+        """
+        :param full: says whether the server has room for no more clients
+            (``--max-clients``); asked before the token, so that a client
+            refused for want of room keeps its token unused.
+        """
         self._clock = clock
         self._verifier = verifier
         self._ledger = ledger
         self._origins = origins
+        self._full = full
         #: Refusals so far by reason phrase, read by the metrics at scrape time.
         self.refused: dict[str, int] = dict.fromkeys(reasons.REASONS, 0)
 
@@ -59,6 +68,8 @@ class Admission:
         try:
             if not self._origins.allows(origin):
                 raise Refused(reasons.ORIGIN_NOT_ALLOWED)
+            if self._full is not None and self._full():
+                raise Refused(reasons.TOO_MANY_CLIENTS)
             if self._verifier is None:
                 return succeed(None)
             if not tokens or not tokens[0]:
@@ -103,6 +114,16 @@ class Admission:
         refused = Refused(reasons.LEDGER_UNAVAILABLE)
         self._log_refusal(refused, peer, origin)
         return Failure(refused)
+
+    def refuse(self, reason: str, peer: str, origin: str | None) -> Refused:
+        """Log and count a refusal decided before the gate could be asked.
+
+        The protocol refuses an oversized request itself, before its headers
+        are even parsed; it still counts where every other refusal does.
+        """
+        refused = Refused(reason)
+        self._log_refusal(refused, peer, origin)
+        return refused
 
     def _log_refusal(self, refused: Refused, peer: str, origin: str | None) -> None:
         """Log and count a refusal: the one place every refusal passes."""

@@ -4,7 +4,14 @@ Operators grep for these and metrics label by them, so they never change
 and never carry request data.
 """
 
+#: The opening handshake outgrew ``--max-handshake-bytes`` before it ended:
+#: in its request line (414), or in its headers (431).
+REQUEST_LINE_TOO_LONG = "request line too long"
+HEADERS_TOO_LARGE = "request headers too large"
 ORIGIN_NOT_ALLOWED = "origin not allowed"
+#: ``--max-clients`` are open already; checked before the token, which stays
+#: unused, so the client may retry with it.
+TOO_MANY_CLIENTS = "too many clients"
 NO_TOKEN = "no token supplied"
 INVALID = "invalid token"
 NO_EXPIRATION = "token has no expiration"
@@ -17,7 +24,10 @@ LEDGER_UNAVAILABLE = "ledger unavailable"
 
 #: Every phrase, in the order the checks run.
 REASONS = (
+    REQUEST_LINE_TOO_LONG,
+    HEADERS_TOO_LARGE,
     ORIGIN_NOT_ALLOWED,
+    TOO_MANY_CLIENTS,
     NO_TOKEN,
     INVALID,
     NO_EXPIRATION,
@@ -29,8 +39,12 @@ REASONS = (
 )
 
 #: HTTP status for each phrase: 403 for the origin, 401 for the token, 503
-#: when the ledger cannot answer (the client may retry with a fresh token).
+#: when the ledger cannot answer (the client may retry with a fresh token) or
+#: the server is full (the client may retry later with the same token).
 STATUS = {reason: 401 for reason in REASONS} | {
+    REQUEST_LINE_TOO_LONG: 414,
+    HEADERS_TOO_LARGE: 431,
     ORIGIN_NOT_ALLOWED: 403,
+    TOO_MANY_CLIENTS: 503,
     LEDGER_UNAVAILABLE: 503,
 }

@@ -17,13 +17,22 @@ CLOSE_GRACE_SECONDS = 3.0
 
 
 class ClientTracker:
-    """Counts open connections so a shutdown can wait until all are gone."""
+    """Counts open connections so a shutdown can wait until all are gone.
 
-    def __init__(self) -> None:
+    It also knows ``--max-clients``, the bound the admission gate checks.
+    """
+
+    def __init__(self, max_clients: int = 0) -> None:
+        #: How many clients may be open at once; 0 for no bound.
+        self.max_clients = max_clients
         self.open = 0
         #: Handshakes completed since start, read by the metrics.
         self.accepted = 0
         self._waiters: list[Deferred[None]] = []
+
+    def full(self) -> bool:
+        """True when another client would exceed ``max_clients``."""
+        return 0 < self.max_clients <= self.open
 
     def opened(self) -> None:
         self.open += 1

@@ -30,7 +30,11 @@ from nanostream.sources import SourceStatus
 from nanostream.sources.protocol import LineSourceFactory
 from nanostream.sources.stdio import StdioSource
 from nanostream.tokens import RECOMMENDED_SECRET_BYTES, TokenVerifier
-from nanostream.websocket import NanostreamServerFactory
+from nanostream.websocket import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKE_BYTES,
+    NanostreamServerFactory,
+)
 
 DEFAULT_LISTEN = "tcp:8080"
 STDIO = "stdio"
@@ -92,6 +96,9 @@ class ServiceOptions(usage.Options):
         self["max-token-ttl"] = 3600.0
         self["max-line-bytes"] = DEFAULT_MAX_LINE_BYTES
         self["max-buffer-bytes"] = DEFAULT_MAX_BUFFER_BYTES
+        self["handshake-timeout"] = DEFAULT_HANDSHAKE_TIMEOUT
+        self["max-handshake-bytes"] = DEFAULT_MAX_HANDSHAKE_BYTES
+        self["max-clients"] = 0
         self["metrics"] = None
         self["ledger"] = None
         self["ledger-prefix"] = "nanostream:used:"
@@ -163,6 +170,23 @@ class ServiceOptions(usage.Options):
     def opt_max_buffer_bytes(self, value: str) -> None:
         """Drop a client with more unsent bytes than this [default: 4194304]."""
         self["max-buffer-bytes"] = _number(int, "--max-buffer-bytes", 1)(value)
+
+    def opt_handshake_timeout(self, value: str) -> None:
+        """Seconds a connection may take to complete its WebSocket handshake,
+        0 for no limit [default: 5]."""
+        self["handshake-timeout"] = _number(float, "--handshake-timeout", 0)(value)
+
+    def opt_max_handshake_bytes(self, value: str) -> None:
+        """Refuse a handshake whose request line and headers are larger
+        (414 or 431) [default: 16384]."""
+        self["max-handshake-bytes"] = _number(int, "--max-handshake-bytes", 1024)(
+            value
+        )
+
+    def opt_max_clients(self, value: str) -> None:
+        """Refuse handshakes (503) while this many clients are open,
+        0 for no limit [default: 0]."""
+        self["max-clients"] = _number(int, "--max-clients", 0)(value)
 
     def opt_metrics(self, description: str) -> None:
         """Endpoint serving Prometheus /metrics, /healthz and /readyz [default: off]."""
@@ -321,7 +345,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
 
     key = options["key"]
     broadcaster = Broadcaster(options["max-buffer-bytes"], reactor)
-    tracker = ClientTracker()
+    tracker = ClientTracker(options["max-clients"])
     verifier = (
         None
         if key is None
@@ -341,13 +365,17 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         )
     elif verifier is not None:
         ledger = MemoryLedger(reactor)
-    admission = Admission(reactor, verifier, ledger, OriginPolicy(options["origin"]))
+    admission = Admission(
+        reactor, verifier, ledger, OriginPolicy(options["origin"]), full=tracker.full
+    )
     factory = NanostreamServerFactory(
         admission,
         broadcaster,
         tracker,
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
+        handshake_timeout=options["handshake-timeout"],
+        max_handshake_bytes=options["max-handshake-bytes"],
         reactor=reactor,
     )
 

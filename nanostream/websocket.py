@@ -18,13 +18,19 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket.protocol import TrafficStats
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport, ISystemHandle
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    ISSLTransport,
+    ISystemHandle,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nanostream import reasons
 from nanostream.admission import Admission, Refused
 from nanostream.broadcast import Broadcaster, ClientSink, SocketSink
 from nanostream.service import ClientTracker
@@ -39,6 +45,18 @@ UNAUTHORIZED = 401
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 
 GOING_AWAY = 1001
+
+#: Seconds a connection may take to complete its opening handshake
+#: (``--handshake-timeout``); a slow or silent client is dropped after it.
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+
+#: The largest opening handshake, request line and headers together
+#: (``--max-handshake-bytes``).  Browsers send well under 8 KiB, cookies
+#: included; Autobahn itself would buffer without end until a blank line.
+DEFAULT_MAX_HANDSHAKE_BYTES = 16 * 1024
+
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
 def _internal_error() -> ConnectionDeny:
@@ -73,6 +91,61 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(refused.status, refused.reason)
         _log.failure("admission failed", failure, peer=self.peer)
         raise _internal_error()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Refuse an opening handshake that outgrows its bound, unread.
+
+        Until a request's blank line arrives Autobahn keeps every byte and
+        searches it all again on each read; the bound keeps that small.  Once
+        closed, Autobahn would still keep what arrives, unread: it goes.
+        """
+        state = self.state
+        if state == _CLOSED:
+            return
+        if (
+            state == _CONNECTING
+            and len(self.data) + len(data) > self.factory.max_handshake_bytes
+            and self._refused_as_oversized(self.data + data)
+        ):
+            return
+        super().dataReceived(data)
+
+    def _refused_as_oversized(self, buffered: bytes) -> bool:
+        """Refuse or drop a connection whose handshake is too large; whether it was."""
+        if "http_request_data" in self.__dict__:
+            # The request was complete and is being decided; the client must
+            # wait for the answer before it sends anything else.
+            _log.info(
+                "dropping {peer}: {size} bytes sent before the handshake completed",
+                peer=self.peer,
+                size=len(buffered),
+            )
+            self.data = b""
+            self.dropConnection(abort=True)
+            return True
+        limit = self.factory.max_handshake_bytes
+        if buffered.find(b"\r\n\r\n", 0, limit) >= 0:
+            # The request ends in time; what follows it is Autobahn's to judge.
+            return False
+        self.data = b""
+        reason = (
+            reasons.HEADERS_TOO_LARGE
+            if buffered.find(b"\r\n", 0, limit) >= 0
+            else reasons.REQUEST_LINE_TOO_LONG
+        )
+        refused = self.factory.admission.refuse(reason, self.peer, None)
+        self.failHandshake(refused.reason, refused.status)
+        return True
+
+    def onOpenHandshakeTimeout(self) -> None:
+        """A client that does not finish its handshake in time is dropped."""
+        if self.state == _CONNECTING:
+            _log.info(
+                "dropping {peer}: no complete handshake in {timeout} seconds",
+                peer=self.peer,
+                timeout=self.openHandshakeTimeout,
+            )
+        super().onOpenHandshakeTimeout()
 
     def onOpen(self) -> None:
         _shed_handshake_state(self)
@@ -205,6 +278,24 @@ def _shed_handshake_state(protocol: NanostreamServerProtocol) -> None:
     protocol.__dict__ = dict(state)
 
 
+class ReactorTimer:
+    """Autobahn's timer interface on the reactor the factory was given.
+
+    Autobahn schedules its handshake, close and ping timeouts through
+    ``txaio``'s batched timer, which always uses the global reactor and
+    rounds every deadline down to a whole second (a 0.5 s timeout may fire
+    at once).  This one calls ``callLater`` on the given reactor.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+
+    def call_later(
+        self, delay: float, func: Any, *args: Any, **kwargs: Any
+    ) -> IDelayedCall:
+        return self._reactor.callLater(delay, func, *args, **kwargs)
+
+
 class NanostreamServerFactory(WebSocketServerFactory):
     """Builds :class:`NanostreamServerProtocol` s sharing one gate and fan-out."""
 
@@ -218,12 +309,22 @@ class NanostreamServerFactory(WebSocketServerFactory):
         *,
         ping_interval: float = 30.0,
         ping_timeout: float = 30.0,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_handshake_bytes: int = DEFAULT_MAX_HANDSHAKE_BYTES,
         reactor: Any = None,
     ) -> None:
+        """
+        :param handshake_timeout: seconds from TCP connect to a completed
+            opening handshake, 0 for no limit.
+        :param max_handshake_bytes: bound on the request line and headers.
+        """
         super().__init__(server="nanostream", reactor=reactor)
+        # Autobahn reads its timer from this attribute of the factory.
+        self._batched_timer = ReactorTimer(self.reactor)
         self.admission = admission
         self.broadcaster = broadcaster
         self.tracker = tracker
+        self.max_handshake_bytes = max_handshake_bytes
         self.noisy = False
         self.setProtocolOptions(
             webStatus=False,
@@ -234,6 +335,7 @@ class NanostreamServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=MAX_CLIENT_MESSAGE_BYTES,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
+            openHandshakeTimeout=handshake_timeout,
             # Autobahn would answer "Origin: null" (file: pages, sandboxed
             # frames) with a bare 400 before onConnect; --origin decides instead.
             allowNullOrigin=True,

@@ -86,6 +86,9 @@ class DefaultTests(OptionsTestCase):
         self.assertEqual(options["max-line-bytes"], DEFAULT_MAX_LINE_BYTES)
         self.assertEqual(options["max-line-bytes"], 1024 * 1024)
         self.assertEqual(options["max-buffer-bytes"], 4 * 1024 * 1024)
+        self.assertEqual(options["handshake-timeout"], 5.0)
+        self.assertEqual(options["max-handshake-bytes"], 16 * 1024)
+        self.assertEqual(options["max-clients"], 0)
         self.assertFalse(options["no-auth"])
 
     def test_key_from_option(self) -> None:
@@ -281,6 +284,9 @@ class NumberErrorTests(OptionsTestCase):
         ("--max-token-ttl", 0, True),
         ("--max-line-bytes", 1, False),
         ("--max-buffer-bytes", 1, False),
+        ("--handshake-timeout", 0, False),
+        ("--max-handshake-bytes", 1024, False),
+        ("--max-clients", 0, False),
     )
 
     def test_not_a_number(self) -> None:
@@ -328,7 +334,12 @@ class NumberErrorTests(OptionsTestCase):
 
     def test_fraction_for_byte_counts(self) -> None:
         """Byte counts are whole numbers."""
-        for option in ("--max-line-bytes", "--max-buffer-bytes"):
+        for option in (
+            "--max-line-bytes",
+            "--max-buffer-bytes",
+            "--max-handshake-bytes",
+            "--max-clients",
+        ):
             with self.subTest(option=option):
                 self.assertEqual(
                     self.usageError(AUTH + [option, "1.5"]),
