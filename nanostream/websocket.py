@@ -82,8 +82,18 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("admission failed", peer=request.peer)
             raise _internal_error() from None
-        d.addCallbacks(lambda _: None, self._deny)
+        d.addCallbacks(self._admitted, self._deny)
         return d
+
+    def _admitted(self, _: object) -> None:
+        """Open only a connection that is still there.
+
+        A ledger that answers later (Redis) may answer after the client left
+        or the handshake timed out; Autobahn would still call ``onOpen``, and
+        the gone client would then count as open for ever.
+        """
+        if self.state == _CLOSED:
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "Gone")
 
     def _deny(self, failure: Failure) -> None:
         if failure.check(Refused):

@@ -291,6 +291,49 @@ class HandshakeSizeTests(LimitsTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
         self.assertEqual(self.mentioning("too large"), [])
 
+    def test_sending_while_the_ledger_decides(self) -> None:
+        """A client that floods before its answer is dropped and never opens."""
+        ledger = PendingLedger()
+        self.limited(ledger=ledger)
+        server, transport = self.raw()
+        server.dataReceived(request("/?t=" + mint()))
+        self.assertEqual(len(ledger.answers), 1)
+        server.dataReceived(b"x" * (DEFAULT_MAX_HANDSHAKE_BYTES + 1))
+        self.assertFalse(transport.connected)
+        [event] = self.mentioning("before the handshake completed")
+        self.assertEqual(event["peer"], server.peer)
+        ledger.answers[0].callback(True)
+        self.assertEqual(self.factory.tracker.open, 0)
+        self.assertEqual(len(self.factory.broadcaster), 0)
+
+
+class LateAnswerTests(LimitsTestCase):
+    """A ledger answering after the client left must not open a ghost client."""
+
+    def test_client_gone_before_the_answer(self) -> None:
+        """A client that disconnects while the ledger decides is never counted."""
+        ledger = PendingLedger()
+        self.limited(ledger=ledger)
+        server, transport = self.raw()
+        server.dataReceived(request("/?t=" + mint()))
+        transport.loseConnection()
+        ledger.answers[0].callback(True)
+        self.assertEqual(self.factory.tracker.open, 0)
+        self.assertEqual(len(self.factory.broadcaster), 0)
+        self.assertEqual(self.mentioning("client connected"), [])
+
+    def test_timed_out_before_the_answer(self) -> None:
+        """A handshake timed out while the ledger decides is never counted."""
+        ledger = PendingLedger()
+        self.limited(ledger=ledger, handshake_timeout=1)
+        server, transport = self.raw()
+        server.dataReceived(request("/?t=" + mint()))
+        self.clock.advance(1)
+        self.assertFalse(transport.connected)
+        ledger.answers[0].callback(True)
+        self.assertEqual(self.factory.tracker.open, 0)
+        self.assertEqual(len(self.factory.broadcaster), 0)
+
 
 class MaxClientsTests(LimitsTestCase):
     """--max-clients refuses handshakes beyond N open clients with 503."""
