@@ -13,7 +13,7 @@ the other clients, or grows our memory beyond the bound.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from autobahn.websocket.protocol import PreparedMessage
@@ -189,18 +189,17 @@ class Broadcaster:
             except Exception:
                 _log.failure("could not close a client")
 
-    def broadcast(self, lines: Iterable[bytes]) -> None:
+    def broadcast(self, lines: Sequence[bytes]) -> None:
         """Deliver a batch of lines, in order, to every registered client."""
-        frames = [frame(line) for line in lines]
-        if not frames:
+        count = len(lines)
+        if not count:
             return
-        count = len(frames)
         self.lines_received += count
         self.last_line_at = self._seconds()
         clients = len(self._sinks)
         if not clients:
             return
-        data = b"".join(frames)
+        data = b"".join([frame(line) for line in lines])
         size = len(data)
         self.messages_delivered += count * clients
         self.bytes_delivered += size * clients
