@@ -15,12 +15,11 @@ from typing import Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.test import iosim
@@ -36,6 +35,7 @@ from nanostream.demo.page import LINES_KEPT, PageTokens, demo_site, script_json
 from nanostream.ledger import MemoryLedger
 from nanostream.origins import OriginPolicy
 from nanostream.service import ClientTracker
+from nanostream.sources.protocol import LineSourceFactory
 from nanostream.tap import ServiceOptions, makeService
 from nanostream.tokens import TokenRejected, TokenVerifier
 from nanostream.websocket import NanostreamServerFactory, NanostreamServerProtocol
@@ -137,48 +137,46 @@ class DemoOptionTests(SynchronousTestCase):
 
 
 class DemoServiceTests(SynchronousTestCase):
-    """What makeService builds with and without --demo."""
+    """What makeService builds with and without --demo, on a MemoryReactor."""
 
-    def listeners(self, *argv: str) -> list[StreamServerEndpointService]:
-        options = ServiceOptions(environ={"NANOSTREAM_SECRET": SECRET.decode()})
-        options.parseOptions([*argv, "--listen", LOOPBACK_LISTEN])
-        return [
-            service
-            for service in makeService(options)
-            if isinstance(service, StreamServerEndpointService)
-        ]
-
-    def warnings(self, *argv: str) -> list[str]:
+    def start(self, *argv: str) -> tuple[list[Any], list[str]]:
+        """The listening factories (the source's left out) and the warnings."""
         events: list[LogEvent] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         options = ServiceOptions(environ={"NANOSTREAM_SECRET": SECRET.decode()})
-        options.parseOptions([*argv, "--listen", LOOPBACK_LISTEN])
-        top = makeService(options)
-        for service in top:
-            if not isinstance(service, StreamServerEndpointService):
-                service.startService()
-                self.addCleanup(service.stopService)
-        return [e["warning"] for e in events if "warning" in e]
+        options.parseOptions(
+            [*argv, "--listen", LOOPBACK_LISTEN, "--source", LOOPBACK_LISTEN]
+        )
+        reactor = MemoryReactorClock()
+        top = makeService(options, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        factories = [
+            factory
+            for _, factory, _, _ in reactor.tcpServers
+            if not isinstance(factory, LineSourceFactory)
+        ]
+        return factories, [e["warning"] for e in events if "warning" in e]
 
     def test_plain_listener_without_demo(self) -> None:
         """Without --demo the port speaks WebSocket only: no twisted.web in the way."""
-        [listener] = self.listeners()
-        self.assertIsInstance(listener.factory, NanostreamServerFactory)
+        [factory], _ = self.start()
+        self.assertIsInstance(factory, NanostreamServerFactory)
 
     def test_site_with_demo(self) -> None:
         """With --demo the port is a Site that still hands upgrades to the feed."""
-        [listener] = self.listeners("--demo")
-        self.assertIsInstance(listener.factory, Site)
+        [factory], _ = self.start("--demo")
+        self.assertIsInstance(factory, Site)
 
     def test_demo_warns(self) -> None:
         """Starting with --demo logs a warning that the page gives out tokens."""
-        [warning] = self.warnings("--demo")
+        _, [warning] = self.start("--demo")
         self.assertIn("gives a working token to anyone", warning)
 
     def test_no_warning_without_demo(self) -> None:
         """Without --demo nothing is said about a page."""
-        self.assertEqual(self.warnings(), [])
+        self.assertEqual(self.start()[1], [])
 
 
 class RecordingClient(WebSocketClientProtocol):
@@ -246,6 +244,7 @@ class DemoSiteTestCase(SynchronousTestCase):
         self.tokens = PageTokens(SECRET if self.auth else None, self.clock, 30)
         self.site = demo_site(self.factory, self.tokens, self.clock)
         self.ports = iter(range(50001, 51000))
+        self.pumps: list[iosim.IOPump] = []
 
     def assertNoGlobalTimers(self, before: set[Any]) -> None:
         """Fail if a test left a timer on the global reactor."""
@@ -292,12 +291,6 @@ class DemoSiteTestCase(SynchronousTestCase):
         )
         self.pumps.append(pump)
         return client, server_transport
-
-    @property
-    def pumps(self) -> list[iosim.IOPump]:
-        if not hasattr(self, "_pumps"):
-            self._pumps: list[iosim.IOPump] = []
-        return self._pumps
 
     def flush(self) -> None:
         for pump in self.pumps:
