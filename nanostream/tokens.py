@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidTokenError
+from jwt.utils import base64url_decode
 
 from nanostream.reasons import (
     EXPIRED,
@@ -96,6 +97,20 @@ def _parse_claims(payload: bytes) -> dict[str, Any]:
     return claims
 
 
+def _check_header(token: str) -> None:
+    """Parse the signed header again, strictly, as the claims are parsed.
+
+    PyJWT keeps the last of two equal keys; another parser may keep the
+    first, so ``{"alg": "HS256", "alg": "none"}`` would mean two things.
+    """
+    segment = token.split(".", 1)[0]
+    json.loads(
+        base64url_decode(segment),
+        object_pairs_hook=_reject_duplicates,
+        parse_constant=_reject_constant,
+    )
+
+
 def _number(value: Any) -> float | None:
     """A finite JSON number as a float, or None (booleans are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -145,8 +160,10 @@ class TokenVerifier:
             if "crit" in decoded["header"]:
                 # No JWS extension is understood here, so none may be required.
                 raise InvalidTokenError("critical header")
+            _check_header(token)
             claims = _parse_claims(decoded["payload"])
-        except (InvalidTokenError, ValueError, TypeError) as e:
+        except (InvalidTokenError, ValueError, TypeError, RecursionError) as e:
+            # RecursionError: claims nested deeper than the parser goes.
             raise TokenRejected(INVALID) from e
 
         leeway = self._leeway

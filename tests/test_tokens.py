@@ -176,6 +176,21 @@ class ShapeTests(VerifierTestCase):
         payload = f'{{"exp": {NOW + 60}, "exp": {NOW + 99999}}}'.encode()
         self.assertRejected(handmade(HS256, payload), INVALID)
 
+    def test_duplicate_header_key(self) -> None:
+        """A header naming ``alg`` twice is as ambiguous as a doubled claim."""
+        for header in (
+            b'{"alg": "none", "alg": "HS256"}',
+            b'{"alg": "HS256", "typ": "JWT", "typ": "JOSE"}',
+        ):
+            with self.subTest(header=header):
+                self.assertRejected(handmade(header, GOOD), INVALID)
+
+    def test_deeply_nested_claims(self) -> None:
+        """Claims nested deeper than the parser goes are invalid, not a crash."""
+        depth = 100_000
+        payload = b'{"exp": %d, "x": %s%s}' % (NOW + 60, b"[" * depth, b"]" * depth)
+        self.assertRejected(handmade(HS256, payload), INVALID)
+
     def test_array_payload(self) -> None:
         """A payload that is a JSON array, not an object, is invalid."""
         self.assertRejected(handmade(HS256, b"[1, 2, 3]"), INVALID)
