@@ -72,10 +72,11 @@ class Admission:
                 raise Refused(reasons.TOO_MANY_CLIENTS)
             if self._verifier is None:
                 return succeed(None)
+            if len(tokens) > 1:
+                # Exactly one, even if all but one are empty.
+                raise Refused(reasons.INVALID)
             if not tokens or not tokens[0]:
                 raise Refused(reasons.NO_TOKEN)
-            if len(tokens) > 1:
-                raise Refused(reasons.INVALID)
             try:
                 accepted = self._verifier.verify(tokens[0], self._clock.seconds())
             except TokenRejected as e:

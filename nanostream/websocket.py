@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import txaio
 from autobahn.twisted.websocket import (
@@ -76,8 +77,9 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:
         try:
+            tokens = token_values(self.http_request_uri)
             d = self.factory.admission.admit(
-                request.peer, request.origin or None, request.params.get("t", ())
+                request.peer, request.origin or None, tokens
             )
         except Exception:
             _log.failure("admission failed", peer=request.peer)
@@ -230,6 +232,15 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         # sendClose() only admits the codes an application may choose;
         # 1001 is the server's own, so go one level down.
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
+
+
+def token_values(uri: str) -> list[str]:
+    """Every value of ``t`` in the request's query, empty ones included.
+
+    Autobahn's ``request.params`` drops empty values, so ``?t=&t=TOKEN``
+    would pass for one token where BRIEF §3 asks for exactly one.
+    """
+    return parse_qs(urlsplit(uri).query, keep_blank_values=True).get("t", [])
 
 
 def sink_for(transport: Any, client: NanostreamServerProtocol) -> ClientSink:

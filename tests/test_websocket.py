@@ -335,6 +335,13 @@ class RejectionTests(WebSocketTestCase):
         query = f"t={mint(sub='a')}&t={mint(sub='b')}"
         self.assertRefused(self.connect(query), reasons.INVALID)
 
+    def test_repeated_parameter_one_empty(self) -> None:
+        """An empty ``t`` beside a valid one still makes two: invalid token."""
+        for query in ("t=&t=" + mint(sub="a"), "t=" + mint(sub="b") + "&t"):
+            with self.subTest(query=query):
+                self.events.clear()
+                self.assertRefused(self.connect(query), reasons.INVALID)
+
     def test_no_expiration(self) -> None:
         """A token without ``exp`` is refused: token has no expiration."""
         token = jwt.encode({"sub": "a"}, SECRET, algorithm="HS256")
