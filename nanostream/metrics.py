@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from nanostream import reasons
 from nanostream.admission import Admission
 from nanostream.broadcast import Broadcaster
+from nanostream.ledger import ILedger
 from nanostream.service import ClientTracker
 from nanostream.sources import SourceStatus
 
@@ -46,8 +47,13 @@ class ServiceCollector:
         admission: Admission,
         source: SourceStatus,
         clock: IReactorTime,
+        ledger: ILedger | None = None,
     ) -> None:
+        """
+        :param ledger: the used-token ledger, None under ``--no-auth``.
+        """
         self._broadcaster = broadcaster
+        self._ledger = ledger
         self._tracker = tracker
         self._admission = admission
         self._source = source
@@ -70,6 +76,7 @@ class ServiceCollector:
             "bytes_delivered": broadcaster.bytes_delivered,
             "slow_consumers_dropped": broadcaster.slow_consumers_dropped,
             "source_connected": 1 if source.connected else 0,
+            "ledger_entries": 0 if self._ledger is None else self._ledger.size,
             "seconds_since_last_line": max(
                 0.0, self._clock.seconds() - broadcaster.last_line_at
             ),
@@ -119,6 +126,12 @@ _METRICS = (
         "Clients dropped for having more than --max-buffer-bytes unsent.",
     ),
     ("source_connected", "gauge", "1 while the source can deliver lines, else 0."),
+    (
+        "ledger_entries",
+        "gauge",
+        "Used tokens this process remembers until they expire "
+        "(0 when a Redis --ledger holds them, or with --no-auth).",
+    ),
     (
         "seconds_since_last_line",
         "gauge",

@@ -20,6 +20,7 @@ from nanostream.admission import Admission
 from nanostream.broadcast import Broadcaster
 from nanostream.health import Liveness, Readiness, ReadinessPage
 from nanostream.httplog import redacting_site
+from nanostream.ledger import ILedger
 from nanostream.metrics import ServiceCollector, service_registry
 from nanostream.service import ClientTracker
 from nanostream.sources import SourceStatus
@@ -52,6 +53,7 @@ def monitor_site(
     source: SourceStatus,
     listeners: Sequence[tuple[str, StreamServerEndpointService]],
     reactor: IReactorTime,
+    ledger: ILedger | None = None,
 ) -> Site:
     """The HTTP site an operator's Prometheus and balancer talk to."""
     collector = ServiceCollector(
@@ -60,6 +62,7 @@ def monitor_site(
         admission=admission,
         source=source,
         clock=reactor,
+        ledger=ledger,
     )
     resource = monitor_resource(
         service_registry(collector), Readiness(source, listeners)

@@ -422,6 +422,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
             source=status,
             listeners=listeners,
             reactor=reactor,
+            ledger=ledger,
         )
         monitor = announced_service(options["metrics"], site, "metrics", reactor)
         monitor.setServiceParent(top)

@@ -245,3 +245,37 @@ class CollectorTests(SynchronousTestCase):
     def test_process_metrics(self) -> None:
         """The registry also carries the standard process metrics."""
         self.assertIn("process_cpu_seconds_total", scrape(self.collector))
+
+
+class LedgerGaugeTests(SynchronousTestCase):
+    def collector(self, ledger: MemoryLedger | None) -> ServiceCollector:
+        clock = Clock()
+        return ServiceCollector(
+            broadcaster=Broadcaster(clock=clock),
+            tracker=ClientTracker(),
+            admission=Admission(clock, None, None, OriginPolicy(())),
+            source=SourceStatus(),
+            clock=clock,
+            ledger=ledger,
+        )
+
+    def test_ledger_entries_follow_the_ledger(self) -> None:
+        """The gauge shows the used tokens remembered, and drops as they expire."""
+        clock = Clock()
+        ledger = MemoryLedger(clock)
+        collector = self.collector(ledger)
+        ledger.consume_now(b"a", 10)
+        ledger.consume_now(b"b", 20)
+        self.assertEqual(scrape(collector)["nanostream_ledger_entries"][()], 2.0)
+        clock.advance(15)
+        ledger.consume_now(b"c", 30)
+        self.assertEqual(scrape(collector)["nanostream_ledger_entries"][()], 2.0)
+        clock.advance(30)
+        ledger.consume_now(b"d", 60)
+        self.assertEqual(scrape(collector)["nanostream_ledger_entries"][()], 1.0)
+
+    def test_no_ledger(self) -> None:
+        """Without a ledger (--no-auth) the gauge is 0."""
+        self.assertEqual(
+            scrape(self.collector(None))["nanostream_ledger_entries"][()], 0.0
+        )
