@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
@@ -119,6 +119,27 @@ class LineSourceProtocolTests(CapturingTestCase):
         protocol.dataReceived(b"only\n")
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.sink.batches, [[b"only"]])
+
+    def test_unfinished_line_discarded_when_connection_lost(self) -> None:
+        """A reset is no end of input: the unfinished line is dropped with a warning."""
+        (protocol,) = self.connect()
+        protocol.dataReceived(b"whole\nhalf a li")
+        protocol.connectionLost(Failure(ConnectionLost("Connection reset by peer")))
+        self.assertEqual(self.sink.batches, [[b"whole"]])
+        [event] = self.from_module("nanostream.sources.protocol")
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(event["length"], len(b"half a li"))
+        self.assertEqual(event["source"], "test producer")
+        self.assertEqual(len(self.ended), 1)
+        self.ended[0].trap(ConnectionLost)
+
+    def test_lost_after_newline_warns_of_nothing(self) -> None:
+        """A reset after a complete line loses nothing, so nothing is logged."""
+        (protocol,) = self.connect()
+        protocol.dataReceived(b"whole\n")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.sink.batches, [[b"whole"]])
+        self.assertEqual(self.from_module("nanostream.sources.protocol"), [])
 
 
 class LineSourceFactoryTests(CapturingTestCase):

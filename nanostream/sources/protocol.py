@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -42,7 +43,22 @@ class LineSourceProtocol(Protocol):
             self._sink.broadcast(lines)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """A clean close ends the input: its last line goes out without ``\\n``.
+
+        Any other loss (a reset, a read error) cuts the stream short, so an
+        unfinished line is a fragment and is discarded: lines are never
+        truncated (BRIEF §4).
+        """
         lines = self._splitter.finish()
+        if lines and not reason.check(ConnectionDone):
+            _log.warn(
+                "discarded an unfinished line of {length} bytes from {source}: "
+                "the connection was lost ({why}), not closed",
+                length=len(lines[0]),
+                source=self._name,
+                why=reason.getErrorMessage(),
+            )
+            lines = []
         if lines:
             self._sink.broadcast(lines)
         if self._on_end is not None:
