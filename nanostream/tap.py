@@ -388,7 +388,12 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         from nanostream.demo.page import DEFAULT_TOKEN_TTL, PageTokens, demo_site
 
         ttl = min(DEFAULT_TOKEN_TTL, options["max-token-ttl"])
-        listener = demo_site(factory, PageTokens(key, reactor, ttl), reactor)
+        listener = demo_site(
+            factory,
+            PageTokens(key, reactor, ttl),
+            reactor,
+            timeout=options["handshake-timeout"] or None,
+        )
     listeners = []
     for description in options["listen"]:
         service = announced_service(description, listener, "websocket", reactor)

@@ -38,7 +38,11 @@ from nanostream.service import ClientTracker
 from nanostream.sources.protocol import LineSourceFactory
 from nanostream.tap import ServiceOptions, makeService
 from nanostream.tokens import TokenRejected, TokenVerifier
-from nanostream.websocket import NanostreamServerFactory, NanostreamServerProtocol
+from nanostream.websocket import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    NanostreamServerFactory,
+    NanostreamServerProtocol,
+)
 
 SECRET = b"demo-unit-test-secret-that-is-long-enough-0123456789"
 NOW = 1_700_000_000.0
@@ -168,6 +172,13 @@ class DemoServiceTests(SynchronousTestCase):
         """With --demo the port is a Site that still hands upgrades to the feed."""
         [factory], _ = self.start("--demo")
         self.assertIsInstance(factory, Site)
+
+    def test_site_times_out_like_a_handshake(self) -> None:
+        """The demo Site drops an unfinished request at --handshake-timeout."""
+        [factory], _ = self.start("--demo")
+        self.assertEqual(factory.timeOut, DEFAULT_HANDSHAKE_TIMEOUT)
+        [factory], _ = self.start("--demo", "--handshake-timeout", "2.5")
+        self.assertEqual(factory.timeOut, 2.5)
 
     def test_demo_warns(self) -> None:
         """Starting with --demo logs a warning that the page gives out tokens."""
@@ -352,6 +363,18 @@ class PageTests(DemoSiteTestCase):
         token = json.loads(body)["token"]
         assert self.verifier is not None
         self.verifier.verify(token, NOW + 29)
+
+    def test_incomplete_request_times_out(self) -> None:
+        """A connection that never finishes its request is dropped at the timeout."""
+        site = demo_site(self.factory, self.tokens, self.clock, timeout=5)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3))
+        transport = StringTransport(hostAddress=SERVER)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: 127.0.0.1")
+        self.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
 
     def test_other_paths_not_found(self) -> None:
         """Nothing else is served."""

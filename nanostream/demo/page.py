@@ -192,9 +192,17 @@ class DemoRoot(Resource):
 
 
 def demo_site(
-    factory: WebSocketServerFactory, tokens: PageTokens, reactor: IReactorTime
+    factory: WebSocketServerFactory,
+    tokens: PageTokens,
+    reactor: IReactorTime,
+    timeout: float | None = None,
 ) -> Site:
-    """The factory a ``--demo`` listener uses in place of the WebSocket one."""
-    site = redacting_site(DemoRoot(factory, tokens), reactor=reactor)
+    """The factory a ``--demo`` listener uses in place of the WebSocket one.
+
+    :param timeout: drop a connection idle this long before its request is
+        complete (twisted.web's own default is 12 hours); an upgraded
+        connection is the WebSocket protocol's from then on.
+    """
+    site = redacting_site(DemoRoot(factory, tokens), reactor=reactor, timeout=timeout)
     site.noisy = False
     return site
