@@ -360,6 +360,9 @@ class NanostreamServerFactory(WebSocketServerFactory):
             # Autobahn would answer "Origin: null" (file: pages, sandboxed
             # frames) with a bare 400 before onConnect; --origin decides instead.
             allowNullOrigin=True,
+            # Answer a client's close with its own code, as RFC 6455 §5.5.1
+            # says is typical, rather than always 1000.
+            echoCloseCodeReason=True,
         )
 
     def setProtocolOptions(self, **options: Any) -> None:
