@@ -116,13 +116,19 @@ class Admission:
         self._log_refusal(refused, peer, origin)
         return Failure(refused)
 
-    def refuse(self, reason: str, peer: str, origin: str | None) -> Refused:
+    def refuse(
+        self, reason: str, peer: str, origin: str | None, *, status: int | None = None
+    ) -> Refused:
         """Log and count a refusal decided before the gate could be asked.
 
-        The protocol refuses an oversized request itself, before its headers
-        are even parsed; it still counts where every other refusal does.
+        The protocol refuses an oversized or malformed request itself; it
+        still counts where every other refusal does.
+
+        :param status: the HTTP status, where it is not the reason's own.
         """
         refused = Refused(reason)
+        if status is not None:
+            refused.status = status
         self._log_refusal(refused, peer, origin)
         return refused
 

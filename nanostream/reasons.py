@@ -8,6 +8,10 @@ and never carry request data.
 #: in its request line (414), or in its headers (431).
 REQUEST_LINE_TOO_LONG = "request line too long"
 HEADERS_TOO_LARGE = "request headers too large"
+#: Autobahn found the request no valid WebSocket handshake (a header missing
+#: or malformed, a second Origin, a wrong method or version).  Mostly 400;
+#: Autobahn's own status is kept where it chose another (405, 426, 505).
+MALFORMED = "malformed request"
 ORIGIN_NOT_ALLOWED = "origin not allowed"
 #: ``--max-clients`` are open already; checked before the token, which stays
 #: unused, so the client may retry with it.
@@ -26,6 +30,7 @@ LEDGER_UNAVAILABLE = "ledger unavailable"
 REASONS = (
     REQUEST_LINE_TOO_LONG,
     HEADERS_TOO_LARGE,
+    MALFORMED,
     ORIGIN_NOT_ALLOWED,
     TOO_MANY_CLIENTS,
     NO_TOKEN,
@@ -44,6 +49,7 @@ REASONS = (
 STATUS = {reason: 401 for reason in REASONS} | {
     REQUEST_LINE_TOO_LONG: 414,
     HEADERS_TOO_LARGE: 431,
+    MALFORMED: 400,
     ORIGIN_NOT_ALLOWED: 403,
     TOO_MANY_CLIENTS: 503,
     LEDGER_UNAVAILABLE: 503,

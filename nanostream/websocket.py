@@ -149,6 +149,29 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         self.failHandshake(refused.reason, refused.status)
         return True
 
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        """Answer Autobahn's own refusals with a fixed phrase, logged like ours.
+
+        Autobahn names what was wrong in the status line, often quoting the
+        request, whose request line holds the token.  The client gets the
+        fixed phrase instead, and the operator one event as for every refusal.
+        """
+        if (
+            reason not in reasons.STATUS
+            and code != ConnectionDeny.INTERNAL_SERVER_ERROR
+            and self.state != _CLOSED
+        ):
+            headers = self.__dict__.get("http_headers") or {}
+            refused = self.factory.admission.refuse(
+                reasons.MALFORMED, self.peer, headers.get("origin"), status=code
+            )
+            reason = refused.reason
+        # The request is answered: nothing of it need stay until the close.
+        self.data = b""
+        super().failHandshake(reason, code, responseHeaders)
+
     def onOpenHandshakeTimeout(self) -> None:
         """A client that does not finish its handshake in time is dropped."""
         if self.state == _CONNECTING:

@@ -43,7 +43,7 @@ from nanostream.websocket import (
     NanostreamServerProtocol,
 )
 
-_REQUEST_HEADERS = (
+REQUEST_HEADERS = (
     b"Host: 127.0.0.1:8080\r\n"
     b"Upgrade: websocket\r\n"
     b"Connection: Upgrade\r\n"
@@ -58,7 +58,7 @@ def request(target: str = "/", extra_headers: bytes = b"") -> bytes:
         b"GET "
         + target.encode("ascii")
         + b" HTTP/1.1\r\n"
-        + _REQUEST_HEADERS
+        + REQUEST_HEADERS
         + extra_headers
         + b"\r\n"
     )
