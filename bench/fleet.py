@@ -452,8 +452,9 @@ def report(
         lat = [r for r in runs if r["kind"] == "latency"]
         dps = median([r["deliveries_per_s"] for r in fan]) if fan else 0
         base = base or dps
+        ratio = f"{dps:,.0f} ({dps / base:.2f}×)" if dps else "-"
         rows.append(
-            f"| {name} | {runs[0]['nodes']} | {dps:,.0f} ({dps / base:.2f}×) "
+            f"| {name} | {runs[0]['nodes']} | {ratio} "
             f"| {median([r['node_cpu_us_per_delivery'] for r in fan]) if fan else '-'} "
             f"| {median([r['redis_cpu_us_per_line'] for r in fan]) if fan else '-'} "
             f"| {median([r['latency_p50_ms'] for r in lat]) if lat else '-'} "
