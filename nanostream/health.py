@@ -27,18 +27,25 @@ class Readiness:
         self,
         source: SourceStatus,
         listeners: Sequence[tuple[str, StreamServerEndpointService]],
+        ledger: object = None,
     ) -> None:
         """
         :param listeners: each ``--listen`` description with its service.
+        :param ledger: the used-token ledger; one with a ``connected``
+            attribute (the Redis ledger) refuses every handshake while it is
+            False, so the node is then not ready either.
         """
         self._source = source
         self._listeners = listeners
+        self._ledger = ledger
 
     def problems(self) -> list[str]:
         """One line per problem; empty when ready."""
         found = []
         if not self._source.connected:
             found.append(f"source not connected: {self._source.detail}")
+        if getattr(self._ledger, "connected", True) is False:
+            found.append("ledger not connected to Redis: handshakes are refused")
         for description, service in self._listeners:
             endpoint = service.endpoint
             bound = isinstance(endpoint, AnnouncedEndpoint) and endpoint.address

@@ -65,6 +65,6 @@ def monitor_site(
         ledger=ledger,
     )
     resource = monitor_resource(
-        service_registry(collector), Readiness(source, listeners)
+        service_registry(collector), Readiness(source, listeners, ledger)
     )
     return redacting_site(resource, reactor=reactor)

@@ -10,7 +10,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanostream.health import Readiness
+from nanostream.ledger import MemoryLedger
 from nanostream.ledger_redis import RedisLedger
+from nanostream.redis_url import RedisTarget
+from nanostream.sources import SourceStatus
 from nanostream.sources.redis import RedisSource
 from nanostream.tap import ServiceOptions, makeService
 
@@ -131,3 +135,22 @@ class RedisOptionsTests(SynchronousTestCase):
         options = self.parse(["--listen", "tcp:0", "--source", "tcp:0"])
         top = makeService(options, MemoryReactorClock())
         self.assertFalse(any(isinstance(s, (RedisSource, RedisLedger)) for s in top))
+
+
+class LedgerReadinessTests(SynchronousTestCase):
+    def test_disconnected_ledger_is_not_ready(self) -> None:
+        """A Redis ledger that is not connected makes /readyz list it."""
+        status = SourceStatus()
+        status.up("reading stdin")
+        ledger = RedisLedger(RedisTarget("127.0.0.1"), MemoryReactorClock())
+        problems = Readiness(status, [], ledger).problems()
+        self.assertEqual(
+            problems, ["ledger not connected to Redis: handshakes are refused"]
+        )
+
+    def test_memory_ledger_is_always_ready(self) -> None:
+        """The in-memory ledger never holds readiness back."""
+        status = SourceStatus()
+        status.up("reading stdin")
+        readiness = Readiness(status, [], MemoryLedger(MemoryReactorClock()))
+        self.assertEqual(readiness.problems(), [])
