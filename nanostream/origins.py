@@ -5,8 +5,9 @@ for any run of characters that cannot leave the host name: letters, digits,
 ``-`` and ``.``.  So ``https://*.example.com`` admits
 ``https://live.example.com`` but neither ``https://evil.com/?.example.com``
 nor ``https://example.com.evil.net``.  Matching ignores ASCII case, as
-browsers send scheme and host in lower case anyway.  A lone ``*`` admits
-any Origin value, but still requires the header.
+browsers send scheme and host in lower case anyway; only ASCII case, so that
+no Unicode letter (the Kelvin sign, a long s) folds into an allowed name.
+A lone ``*`` admits any Origin value, but still requires the header.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _WILDCARD = "[a-z0-9.-]*"
 def _compile(pattern: str) -> str:
     if pattern == "*":
         return ".+"
-    return _WILDCARD.join(re.escape(part) for part in pattern.lower().split("*"))
+    return _WILDCARD.join(re.escape(part) for part in pattern.split("*"))
 
 
 class OriginPolicy:
@@ -29,7 +30,10 @@ class OriginPolicy:
     def __init__(self, patterns: Iterable[str] = ()) -> None:
         self.patterns = tuple(patterns)
         self._regex = (
-            re.compile("|".join(f"(?:{_compile(p)})" for p in self.patterns))
+            re.compile(
+                "|".join(f"(?:{_compile(p)})" for p in self.patterns),
+                re.IGNORECASE | re.ASCII,
+            )
             if self.patterns
             else None
         )
@@ -49,4 +53,4 @@ class OriginPolicy:
             return True
         if not origin:
             return False
-        return self._regex.fullmatch(origin.lower()) is not None
+        return self._regex.fullmatch(origin) is not None

@@ -142,3 +142,17 @@ class LoneStarTests(OriginPolicyTestCase):
         policy = OriginPolicy(["*"])
         self.assertTrue(policy.restricted)
         self.assertRefuses(policy, None, "")
+
+
+class UnicodeCaseTests(OriginPolicyTestCase):
+    def test_no_unicode_case_folding(self) -> None:
+        """Letters whose Unicode case folds to ASCII (Kelvin sign) never match."""
+        policy = OriginPolicy(["https://kit.example.com", "https://*.example.org"])
+        self.assertRefuses(
+            policy,
+            "https://\u212ait.example.com",
+            "https://kit.example.com".replace("s", "\u017f"),
+            "https://\u212a.example.org",
+            "https://\u0130.example.org",
+        )
+        self.assertAdmits(policy, "https://KIT.example.com", "https://K.example.org")
