@@ -84,7 +84,7 @@ def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
 class PublishOptions(usage.Options):
     """Options of ``nanostream publish``."""
 
-    synopsis = "redis://HOST:PORT/DB?channel=NAME [options]"
+    synopsis = "Usage: nanostream publish redis://HOST:PORT/DB?channel=NAME [options]"
     longdesc = (
         "Publish each line read from stdin to a Redis pub/sub channel, "
         "pipelined, and exit 0 once Redis has acknowledged them all."
@@ -130,6 +130,13 @@ class PublishOptions(usage.Options):
             _positive(int, "--max-line-bytes"),
         ],
     ]
+
+    def opt_version(self) -> None:
+        """Print nanostream's version and exit."""
+        from nanostream import __version__
+
+        sys.stdout.write(f"nanostream {__version__}\n")
+        raise SystemExit(0)
 
     def parseArgs(self, url: str) -> None:
         self["url"] = url
