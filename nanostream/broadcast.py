@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from autobahn.websocket.protocol import PreparedMessage
-from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPullProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -74,6 +79,10 @@ class ClientSink:
         self.paused = False
         self.unsent = 0
 
+    def attach(self, consumer: IConsumer) -> None:
+        """Become the producer of ``consumer``, the client's transport."""
+        consumer.registerProducer(self, self.streaming)
+
     def send(self, data: bytes) -> int:
         """Write ``data``; return the bytes now counted as unsent."""
         self.transport_write(data)
@@ -120,6 +129,16 @@ class SocketSink(ClientSink):
         self.socket_send = socket_send
         # The handshake response may still sit in the transport's buffer;
         # queue behind it until the transport reports a drain.
+        self.unsent = 1
+
+    def attach(self, consumer: IConsumer) -> None:
+        """Register, and still queue until the transport reports a drain.
+
+        Twisted resumes a pull producer the moment it is registered, while
+        the handshake response still waits in the transport's buffer; taken
+        for a drain, that call would let lines overtake the response.
+        """
+        consumer.registerProducer(self, self.streaming)
         self.unsent = 1
 
     def send(self, data: bytes) -> int:

@@ -186,7 +186,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         _shed_handshake_state(self)
         sink = sink_for(self.transport, self)
         self._sink = sink
-        self.transport.registerProducer(sink, sink.streaming)
+        sink.attach(self.transport)
         self.factory.tracker.opened()
         broadcaster = self.factory.broadcaster
         broadcaster.add(sink)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.broadcast import Broadcaster, SocketSink
@@ -109,3 +111,22 @@ class SocketSinkTests(SynchronousTestCase):
         self.assertGreater(slow.dropped[0], 64 * 1024)
         self.assertEqual(fast.dropped, [])
         self.assertEqual(len(broadcaster), 1)
+
+
+class AttachTests(SynchronousTestCase):
+    """Registering with a real Twisted transport is not mistaken for a drain."""
+
+    def test_attach_keeps_queueing_behind_the_handshake(self) -> None:
+        """Lines sent right after attaching queue behind the buffered 101."""
+        peer = Peer(self)
+        transport = FileDescriptor(MemoryReactor())
+        # Twisted's TCP transports resume a pull producer on registration.
+        peer.sink.attach(transport)
+        self.assertIs(transport.producer, peer.sink)
+        peer.sink.send(b"line")
+        self.assertEqual(peer.queued, [b"line"])
+        self.assertEqual(peer.received(), b"")
+        # The transport's own report of a drain opens the fast path.
+        peer.sink.resumeProducing()
+        self.assertEqual(peer.sink.send(b"next"), 0)
+        self.assertEqual(peer.received(), b"next")
