@@ -397,6 +397,8 @@ class NanostreamServerFactory(WebSocketServerFactory):
         idle connection's memory.  A protocol class carrying the options as
         class attributes, with nothing left to copy, does neither.
         """
+        # Autobahn resets allowNullOrigin to False whenever a call omits it.
+        options.setdefault("allowNullOrigin", True)
         super().setProtocolOptions(**options)
         names = NanostreamServerProtocol.CONFIG_ATTRS
         attributes = {name: _as_class_attribute(getattr(self, name)) for name in names}
