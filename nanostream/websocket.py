@@ -185,9 +185,11 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         _shed_handshake_state(self)
         sink = sink_for(self.transport, self)
-        self._sink = sink
         sink.attach(self.transport)
+        # Counted only once attached, so onClose never uncounts a client
+        # that failed to open.
         self.factory.tracker.opened()
+        self._sink = sink
         broadcaster = self.factory.broadcaster
         broadcaster.add(sink)
         _log.info(
