@@ -148,7 +148,7 @@ async def run_stream(
         "extra": sum(t.extra for t in tallies),
         "timed_out": timed_out,
         "t_last_ns": stream.t_last_ns,
-        "cpu_s": round(cpu_done - cpu_ready, 3),
+        "cpu_s": round(cpu_done - cpu_ready, 6),
         "failed": dict(failures),
     }
     if stream.latencies is not None:
@@ -225,7 +225,7 @@ async def run_handshake(
         other=dict(statuses),
         t_start_ns=t0,
         t_end_ns=t1,
-        cpu_s=round(cpu1 - cpu0, 3),
+        cpu_s=round(cpu1 - cpu0, 6),
         checks=await auth_checks(session),
     )
     await commands.wait_for("stop", timeout=args.deadline)
@@ -288,7 +288,7 @@ async def run_hold(
         failed=dict(failures),
         t_start_ns=t0,
         t_end_ns=t1,
-        cpu_s=round(cpu1 - cpu0, 3),
+        cpu_s=round(cpu1 - cpu0, 6),
     )
     await commands.wait_for("stop", timeout=args.deadline)
     for conn in conns:

@@ -182,6 +182,13 @@ def markdown(data: dict[str, Any]) -> str:
                     + " |"
                 )
         lines.append("")
+    busy = [r["background_busy"] for r in data["runs"] if r.get("background_busy")]
+    if busy:
+        lines += [
+            "Machine load just before each run, from other processes: median"
+            f" {statistics.median(busy):.0%}, max {max(busy):.0%}.",
+            "",
+        ]
     noisy = [r for r in data["runs"] if (r.get("background_busy") or 0) > 0.15]
     if noisy:
         lines += [

@@ -197,7 +197,7 @@ def usage(
     cpu = after.server_cpu - before.server_cpu
     figures: dict[str, Any] = {
         "wall_s": round(wall, 3),
-        "server_cpu_s": round(cpu, 3),
+        "server_cpu_s": round(cpu, 6),
         "server_cpu_share": round(cpu / wall, 3),
         "loadgen_cpu_share": round(loadgen_cpu / wall, 3),
         "server_core_busy": None,
