@@ -27,7 +27,7 @@ from nanostream.tokens import TokenRejected, TokenVerifier
 
 #: Exit statuses: 1 is "check says no", 2 any usage or setup error.
 REFUSED = 1
-USAGE = 2
+USAGE = os.EX_USAGE  # 64, as the service and `nanostream publish` use
 
 DEFAULT_TTL = 60
 #: A token is a ticket for one connection, minted just before it is used:
@@ -43,7 +43,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Errors are one line on stderr and exit 2, not the usage text."""
+    """Errors are one line on stderr and exit 64, not the usage text."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)

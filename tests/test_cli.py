@@ -40,9 +40,9 @@ class CommandTestCase(SynchronousTestCase):
         return status, out.getvalue(), err.getvalue()
 
     def usage_error(self, *argv: str, environ: dict[str, str] | None = None) -> str:
-        """Run a command that must fail with one line on stderr and exit 2."""
+        """Run a command that must fail with one line on stderr and exit 64."""
         status, out, err = self.run_cli(*argv, environ=environ)
-        self.assertEqual((status, out), (2, ""))
+        self.assertEqual((status, out), (64, ""))
         self.assertTrue(err.startswith("nanostream: "), err)
         self.assertEqual(err.count("\n"), 1, err)
         return err
