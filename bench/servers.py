@@ -41,14 +41,14 @@ def peer_python() -> str:
 
 def find_twistd(explicit: str | None = None) -> str | None:
     """Locate the project's twistd: --twistd, the repo's .venv, then PATH."""
-    candidates = [explicit] if explicit else []
-    candidates += [
-        str(REPO / ".venv" / "bin" / "twistd"),
-        str(Path(sys.executable).parent / "twistd"),
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            return candidate
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    for candidate in (
+        REPO / ".venv" / "bin" / "twistd",
+        Path(sys.executable).parent / "twistd",
+    ):
+        if candidate.exists():
+            return str(candidate)
     return shutil.which("twistd")
 
 
