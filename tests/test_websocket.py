@@ -1,10 +1,11 @@
 """The WebSocket glue over an in-memory connection: admission, fan-out, closes.
 
 Both ends are real Autobahn protocols, joined by ``twisted.test.iosim`` and
-flushed by hand; the admission gate reads a ``Clock``.  Autobahn schedules
-its handshake, close and ping timers on the global reactor whatever reactor
-it is given, so every such timer is switched off on both ends, and each test
-checks that it left nothing scheduled there.
+flushed by hand; the admission gate reads a ``Clock``.  Autobahn's client
+schedules its handshake, close and ping timers on the global reactor
+whatever reactor it is given (the server's run on its factory's reactor, see
+``ReactorTimer``), so those timers are switched off, and each test checks
+that it left nothing scheduled there.
 """
 
 from __future__ import annotations
