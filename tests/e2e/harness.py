@@ -671,8 +671,13 @@ class ServiceTestCase(SynchronousTestCase):
         """:meth:`Nanostream.start` in this test's directory, cleaned up after."""
         service = Nanostream.start(self.directory, **kwargs)
         self.addCleanup(service.assert_clean_log)
+        self.addCleanup(self._show_log, service)
         self.addCleanup(service.stop)
         return service
+
+    def _show_log(self, service: Nanostream) -> None:
+        """Put the service's log on stdout, which pytest shows for failed tests."""
+        sys.stdout.write(f"--- {' '.join(service.args[1:])}\n{service.output()}\n")
 
     def run_twistd(self, args: Sequence[str], **kwargs: Any) -> Finished:
         return run_twistd(args, self.directory, **kwargs)

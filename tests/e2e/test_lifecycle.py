@@ -35,16 +35,25 @@ class StdinEndTests(ServiceTestCase):
 class SignalTests(ServiceTestCase):
     """SIGTERM stops the service in order."""
 
-    def test_sigterm_closes_clients_and_exits(self) -> None:
-        """On SIGTERM every client gets 1001 and the process exits promptly."""
+    def assertOrderlyStop(self, signum: int) -> None:
+        """After ``signum`` every client gets 1001 and the process exits promptly."""
         service = self.start()
         clients = [service.connect(service.mint()) for _ in range(2)]
-        service.signal(signal.SIGTERM)
+        service.signal(signum)
         for client in clients:
             self.assertEqual(close_code(client), GOING_AWAY)
         # twistd stops the reactor in order, then re-raises the signal it got
-        # so the parent sees why it ended: today's twistd exits with -SIGTERM.
-        self.assertIn(service.wait(timeout=5), (0, -signal.SIGTERM))
+        # so the parent sees why it ended: twistd 26 exits with -signum.
+        self.assertIn(service.wait(timeout=5), (0, -signum))
+        service.log.wait_for(r"stopping: closing 2 clients")
+
+    def test_sigterm_closes_clients_and_exits(self) -> None:
+        """On SIGTERM every client gets 1001 and the process exits promptly."""
+        self.assertOrderlyStop(signal.SIGTERM)
+
+    def test_sigint_closes_clients_and_exits(self) -> None:
+        """SIGINT (Ctrl-C in a terminal) stops the service like SIGTERM."""
+        self.assertOrderlyStop(signal.SIGINT)
 
 
 class UsageErrorTests(ServiceTestCase):
