@@ -427,6 +427,9 @@ class Nanostream:
             args += ["--listen", description]
         if source is not None:
             args += ["--source", source]
+        # A machine busy with other tests can take seconds over a TLS
+        # handshake; tests of the timeout itself pass their own, which wins.
+        args += ["--handshake-timeout", "60"]
         args += list(options)
         return cls(
             directory,
