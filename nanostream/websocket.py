@@ -231,14 +231,16 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         if sink is None:
             return
         self._sink = None
-        broadcaster = self.factory.broadcaster
-        broadcaster.remove(sink)
-        self.factory.tracker.closed()
+        self.factory.broadcaster.remove(sink)
+        tracker = self.factory.tracker
+        tracker.closed()
+        # The tracker, not the broadcaster: at shutdown every client has left
+        # the fan-out before its connection closes.
         _log.info(
             "client disconnected: {peer} ({clients} clients)",
             peer=self.peer,
             code=code,
-            clients=len(broadcaster),
+            clients=tracker.open,
         )
 
     def dropSlowConsumer(self, unsent: int) -> None:
