@@ -40,6 +40,7 @@ from zope.interface import provider
 
 from nanostream.backoff import Backoff
 from nanostream.lines import DEFAULT_MAX_LINE_BYTES, LineSplitter
+from nanostream.numbers import number_option
 from nanostream.redis_client import (
     ClientProtocol,
     RedisClientFactory,
@@ -68,19 +69,6 @@ class PublishFailed(Exception):
     """Some lines could not be published; the message says how many and why."""
 
 
-def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise usage.UsageError(f"{option} takes a number, not {text!r}") from None
-        if not value > 0:
-            raise usage.UsageError(f"{option} must be above 0")
-        return value
-
-    return convert
-
-
 class PublishOptions(usage.Options):
     """Options of ``nanostream publish``."""
 
@@ -104,7 +92,7 @@ class PublishOptions(usage.Options):
             None,
             DEFAULT_WINDOW,
             "Most PUBLISH commands awaiting Redis's answer at once.",
-            _positive(int, "--window"),
+            number_option(int, "--window", 0, above=True),
         ],
         [
             "retries",
@@ -112,7 +100,7 @@ class PublishOptions(usage.Options):
             DEFAULT_RETRIES,
             "Reconnection attempts after a loss, and sends of one line, before "
             "giving up.",
-            _positive(int, "--retries"),
+            number_option(int, "--retries", 0, above=True),
         ],
         [
             "timeout",
@@ -120,14 +108,14 @@ class PublishOptions(usage.Options):
             DEFAULT_TIMEOUT,
             "Seconds to connect, and to wait for an answer, before the "
             "connection counts as lost.",
-            _positive(float, "--timeout"),
+            number_option(float, "--timeout", 0, above=True),
         ],
         [
             "max-line-bytes",
             None,
             DEFAULT_MAX_LINE_BYTES,
             "Longer lines are not published, with a warning.",
-            _positive(int, "--max-line-bytes"),
+            number_option(int, "--max-line-bytes", 0, above=True),
         ],
     ]
 

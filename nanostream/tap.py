@@ -7,10 +7,9 @@ mistake is one ``UsageError`` line.  ``makeService`` only assembles.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -22,6 +21,7 @@ from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES, Broadcaster
 from nanostream.ledger import MemoryLedger
 from nanostream.lines import DEFAULT_MAX_LINE_BYTES
 from nanostream.listening import announced_service
+from nanostream.numbers import number_option
 from nanostream.origins import OriginPolicy
 from nanostream.redis_url import RedisURLError, resolve
 from nanostream.secret import SecretError, load_secret
@@ -39,27 +39,6 @@ from nanostream.websocket import (
 DEFAULT_LISTEN = "tcp:8080"
 STDIO = "stdio"
 REDIS_SCHEMES = ("redis://", "rediss://")
-
-
-def _number(
-    kind: Callable[[str], Any], option: str, minimum: float, *, above: bool = False
-) -> Callable[[str], Any]:
-    """A converter that names the option in its error."""
-
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-            if not math.isfinite(value):
-                # NaN compares false with everything: it would switch checks off.
-                raise ValueError(text)
-        except ValueError:
-            raise usage.UsageError(f"{option} takes a number, not {text!r}") from None
-        if value < minimum or (above and value == minimum):
-            relation = "above" if above else "at least"
-            raise usage.UsageError(f"{option} must be {relation} {minimum}")
-        return value
-
-    return convert
 
 
 class ServiceOptions(usage.Options):
@@ -135,9 +114,9 @@ class ServiceOptions(usage.Options):
     def opt_ledger_timeout(self, value: str) -> None:
         """Seconds to wait for the Redis ledger before refusing with 503
         [default: 0.5]."""
-        self["ledger-timeout"] = _number(float, "--ledger-timeout", 0, above=True)(
-            value
-        )
+        self["ledger-timeout"] = number_option(
+            float, "--ledger-timeout", 0, above=True
+        )(value)
 
     def opt_redis_password_file(self, path: str) -> None:
         """File holding the Redis password for --source and --ledger URLs."""
@@ -149,44 +128,50 @@ class ServiceOptions(usage.Options):
 
     def opt_ping_interval(self, value: str) -> None:
         """Seconds between WebSocket pings, 0 for none [default: 30]."""
-        self["ping-interval"] = _number(float, "--ping-interval", 0)(value)
+        self["ping-interval"] = number_option(float, "--ping-interval", 0)(value)
 
     def opt_ping_timeout(self, value: str) -> None:
         """Seconds to wait for a pong before dropping a client [default: 30]."""
-        self["ping-timeout"] = _number(float, "--ping-timeout", 0, above=True)(value)
+        self["ping-timeout"] = number_option(float, "--ping-timeout", 0, above=True)(
+            value
+        )
 
     def opt_leeway(self, value: str) -> None:
         """Seconds of clock skew allowed on exp and nbf [default: 0]."""
-        self["leeway"] = _number(float, "--leeway", 0)(value)
+        self["leeway"] = number_option(float, "--leeway", 0)(value)
 
     def opt_max_token_ttl(self, value: str) -> None:
         """Refuse tokens whose exp lies more seconds ahead [default: 3600]."""
-        self["max-token-ttl"] = _number(float, "--max-token-ttl", 0, above=True)(value)
+        self["max-token-ttl"] = number_option(float, "--max-token-ttl", 0, above=True)(
+            value
+        )
 
     def opt_max_line_bytes(self, value: str) -> None:
         """Discard longer lines, with a warning [default: 1048576]."""
-        self["max-line-bytes"] = _number(int, "--max-line-bytes", 1)(value)
+        self["max-line-bytes"] = number_option(int, "--max-line-bytes", 1)(value)
 
     def opt_max_buffer_bytes(self, value: str) -> None:
         """Drop a client with more unsent bytes than this [default: 4194304]."""
-        self["max-buffer-bytes"] = _number(int, "--max-buffer-bytes", 1)(value)
+        self["max-buffer-bytes"] = number_option(int, "--max-buffer-bytes", 1)(value)
 
     def opt_handshake_timeout(self, value: str) -> None:
         """Seconds a connection may take to complete its WebSocket handshake,
         0 for no limit [default: 5]."""
-        self["handshake-timeout"] = _number(float, "--handshake-timeout", 0)(value)
+        self["handshake-timeout"] = number_option(float, "--handshake-timeout", 0)(
+            value
+        )
 
     def opt_max_handshake_bytes(self, value: str) -> None:
         """Refuse a handshake whose request line and headers are larger
         (414 or 431) [default: 16384]."""
-        self["max-handshake-bytes"] = _number(int, "--max-handshake-bytes", 1024)(
+        self["max-handshake-bytes"] = number_option(int, "--max-handshake-bytes", 1024)(
             value
         )
 
     def opt_max_clients(self, value: str) -> None:
         """Refuse handshakes (503) while this many clients are open,
         0 for no limit [default: 0]."""
-        self["max-clients"] = _number(int, "--max-clients", 0)(value)
+        self["max-clients"] = number_option(int, "--max-clients", 0)(value)
 
     def opt_metrics(self, description: str) -> None:
         """Endpoint serving Prometheus /metrics, /healthz and /readyz [default: off]."""
@@ -235,9 +220,7 @@ class ServiceOptions(usage.Options):
     def _check_ledger(self) -> None:
         url = self["ledger"]
         if url is None:
-            if self["redis-password-file"] is not None and not self.get(
-                "redis-source"
-            ):
+            if self["redis-password-file"] is not None and not self.get("redis-source"):
                 raise usage.UsageError(
                     "--redis-password-file needs a redis:// --source or --ledger"
                 )
