@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from jwt.exceptions import InvalidKeyError
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
 from twisted.python import usage
@@ -24,7 +25,7 @@ from nanostream.listening import announced_service
 from nanostream.numbers import number_option
 from nanostream.origins import OriginPolicy
 from nanostream.redis_url import RedisURLError, resolve
-from nanostream.secret import SecretError, load_secret
+from nanostream.secret import ENV_VAR, SecretError, load_secret
 from nanostream.service import BroadcastService, ClientTracker
 from nanostream.sources import SourceStatus
 from nanostream.sources.protocol import LineSourceFactory
@@ -192,15 +193,27 @@ class ServiceOptions(usage.Options):
     def _key(self) -> bytes | None:
         if self["no-auth"]:
             given = [
-                name for name in ("secret", "secret-file") if self[name] is not None
+                f"--{name}"
+                for name in ("secret", "secret-file")
+                if self[name] is not None
             ]
+            if ENV_VAR in self.environ:
+                given.append(ENV_VAR)
             if given:
-                raise usage.UsageError(f"--no-auth and --{given[0]} contradict")
+                raise usage.UsageError(f"--no-auth and {given[0]} contradict")
             return None
         try:
-            return load_secret(self["secret"], self["secret-file"], self.environ)
+            key = load_secret(self["secret"], self["secret-file"], self.environ)
         except SecretError as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            TokenVerifier(key)
+        except InvalidKeyError:
+            raise usage.UsageError(
+                "the secret looks like a public key or certificate; "
+                "HS256 needs a random shared secret"
+            ) from None
+        return key
 
     def _check_source(self) -> None:
         source = self["source"]
@@ -290,6 +303,8 @@ def _check_endpoint(option: str, description: str) -> None:
         endpoints.serverFromString(reactor, description)
     except Exception as e:  # parsers raise anything from ValueError to SSLError
         detail = str(e) or type(e).__name__
+        if description.startswith("systemd:") and isinstance(e, IndexError):
+            detail = "systemd passed no socket at that index (LISTEN_FDS)"
         raise usage.UsageError(
             f"{option} {description!r} is not a usable endpoint: {detail}"
         ) from None

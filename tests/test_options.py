@@ -222,6 +222,26 @@ class SecretErrorTests(OptionsTestCase):
             "--no-auth and --secret-file contradict",
         )
 
+    def test_no_auth_with_secret_in_environment(self) -> None:
+        """--no-auth also contradicts a key in the environment, not ignoring it."""
+        self.assertEqual(
+            self.usageError(["--no-auth"], environ={"NANOSTREAM_SECRET": KEY}),
+            "--no-auth and NANOSTREAM_SECRET contradict",
+        )
+
+    def test_public_key_as_secret(self) -> None:
+        """A PEM public key given as the HS256 secret is a usage error at start."""
+        pem = (
+            "-----BEGIN PUBLIC KEY-----\n"
+            "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
+            "-----END PUBLIC KEY-----"
+        )
+        self.assertEqual(
+            self.usageError(["--secret", pem]),
+            "the secret looks like a public key or certificate; "
+            "HS256 needs a random shared secret",
+        )
+
 
 class EndpointErrorTests(OptionsTestCase):
     def test_bad_listen(self) -> None:
@@ -236,6 +256,14 @@ class EndpointErrorTests(OptionsTestCase):
                     self.usageError(AUTH + ["--listen", listen]),
                     f"--listen {listen!r} is not a usable endpoint: {detail}",
                 )
+
+    def test_systemd_without_sockets(self) -> None:
+        """A systemd: listener outside socket activation says what is missing."""
+        self.assertEqual(
+            self.usageError(AUTH + ["--listen", "systemd:domain=INET:index=0"]),
+            "--listen 'systemd:domain=INET:index=0' is not a usable endpoint: "
+            "systemd passed no socket at that index (LISTEN_FDS)",
+        )
 
     def test_one_bad_listen_of_several(self) -> None:
         """One bad --listen among good ones is still an error."""
