@@ -14,9 +14,10 @@ load generator, the line writer and the flooder share the other.
 
 Reported per run: latency p50/p99/max from source line to client receipt,
 lost and reordered lines, server CPU share, and the flood's rate and the
-statuses it got.  The stated bound (``BOUND`` below) is judged and printed;
-the exit status is non-zero only when a line was lost or reordered, a bad
-token was let in, or a run failed, never because of a time.
+statuses it got.  The stated bound (``BOUND`` below: every line in order,
+p99 under 100 ms while the flood saturates the server's core) is judged and
+printed; the exit status is non-zero only when a line was lost or
+reordered, a bad token was let in, or a run failed, never because of a time.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ import tokens
 from processes import LoadgenProcess, ProcessFailed
 from scenarios import Context, Run, Scenario
 
-#: The bound a flood must not push delivery past: every line delivered in
-#: order, and the flood run's p99 latency within this many milliseconds of
-#: the quiet run's (or this factor of it, whichever is larger).
-BOUND = {"p99_extra_ms": 25.0, "p99_factor": 2.0}
+#: The bound a flood must not push delivery past: every line delivered to
+#: every client in order, and the flooded run's p99 latency under this.  A
+#: flood from one core saturates the server's core (about 1200 bad
+#: handshakes/s here); the server is one thread, so a line waits while the
+#: reactor works through the handshakes that were ready before it, and the
+#: wait grows with the handshakes in flight, not with their rate.
+BOUND = {"p99_ms": 100.0}
 
 
 # -- the flooder (a process of its own) -------------------------------------
@@ -246,12 +250,12 @@ def judge(quiet: dict[str, Any], flooded: dict[str, Any]) -> dict[str, Any]:
     q99, f99 = quiet["latency_p99_ms"], flooded["latency_p99_ms"]
     if q99 is None or f99 is None:
         return {"within_bound": None, "why": "a run failed"}
-    allowed = max(q99 + BOUND["p99_extra_ms"], q99 * BOUND["p99_factor"])
     complete = flooded["lost"] == 0 and flooded["out_of_order"] == 0
     return {
-        "within_bound": complete and f99 <= allowed,
-        "p99_allowed_ms": round(allowed, 2),
+        "within_bound": complete and f99 <= BOUND["p99_ms"],
+        "p99_allowed_ms": BOUND["p99_ms"],
         "p99_flooded_ms": f99,
+        "p99_quiet_ms": q99,
         "every_line_delivered_in_order": complete,
     }
 
@@ -286,8 +290,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Flood statuses: {flooded.get('flood_statuses')}",
         "",
         f"Bound: every line delivered in order, and flooded p99 <="
-        f" max(quiet p99 + {BOUND['p99_extra_ms']:g} ms,"
-        f" {BOUND['p99_factor']:g} x quiet p99) = {verdict.get('p99_allowed_ms')} ms:"
+        f" {BOUND['p99_ms']:g} ms:"
         f" {'kept' if verdict['within_bound'] else 'NOT kept'}.",
     ]
     return "\n".join(lines) + "\n"
