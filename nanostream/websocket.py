@@ -114,12 +114,16 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         state = self.state
         if state == _CLOSED:
             return
-        if (
-            state == _CONNECTING
-            and len(self.data) + len(data) > self.factory.max_handshake_bytes
-            and self._refused_as_oversized(self.data + data)
-        ):
-            return
+        if state == _CONNECTING:
+            oversized = len(self.data) + len(data) > self.factory.max_handshake_bytes
+            if oversized and self._refused_as_oversized(self.data + data):
+                return
+            if "http_request_data" in self.__dict__:
+                # The request is being decided (the ledger answers later).
+                # Autobahn would parse what follows as another request and
+                # start a second handshake; it waits for the answer instead.
+                self.data += data
+                return
         super().dataReceived(data)
 
     def _refused_as_oversized(self, buffered: bytes) -> bool:

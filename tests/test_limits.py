@@ -322,6 +322,18 @@ class LateAnswerTests(LimitsTestCase):
         self.assertEqual(len(self.factory.broadcaster), 0)
         self.assertEqual(self.mentioning("client connected"), [])
 
+    def test_second_request_while_deciding(self) -> None:
+        """A request sent while the first is decided starts no second handshake."""
+        ledger = PendingLedger()
+        self.limited(ledger=ledger)
+        server, transport = self.raw()
+        server.dataReceived(request("/?t=" + mint(sub="first")))
+        server.dataReceived(request("/?t=" + mint(sub="second")))
+        self.assertEqual(len(ledger.answers), 1)
+        ledger.answers[0].callback(True)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 101 "), 1)
+        self.assertEqual(self.factory.tracker.accepted, 1)
+
     def test_timed_out_before_the_answer(self) -> None:
         """A handshake timed out while the ledger decides is never counted."""
         ledger = PendingLedger()
