@@ -44,6 +44,7 @@ class Stream:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.t_last_ns = 0
         self.tallies: list[Tally] = []
+        self.reads = 0  # socket reads, counted by clients that read in bulk
 
     def finished(self) -> None:
         """Called once per client when it has all lines, or has gone away."""

@@ -149,6 +149,7 @@ async def run_stream(
         "timed_out": timed_out,
         "t_last_ns": stream.t_last_ns,
         "cpu_s": round(cpu_done - cpu_ready, 6),
+        "reads": stream.reads,
         "failed": dict(failures),
     }
     if stream.latencies is not None:

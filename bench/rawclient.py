@@ -107,6 +107,7 @@ class ExactStream(asyncio.Protocol):
             data = self._handshake(data)
             if not data:
                 return
+        self._tally.stream.reads += 1
         if self._frames is None:
             expected = self._expected.data
             if expected.startswith(data, self._pos):

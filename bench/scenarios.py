@@ -165,11 +165,21 @@ def bottleneck(
     loadgen_share: float,
     server_core: float | None = None,
     loadgen_core: float | None = None,
+    frames_per_read: float | None = None,
 ) -> str:
-    """Which side ran out of CPU: ``server``, ``loadgen``, ``both`` or ``neither``."""
+    """Which side ran out of CPU: ``server``, ``loadgen``, ``both`` or ``neither``.
+
+    A client that keeps up reads each frame as soon as it lands and so may
+    spin at full speed while the server sets the pace; one that falls
+    behind finds a socket buffer's worth of frames (hundreds) waiting per
+    read. So when both processes are busy, a handful of frames per read
+    (fewer than 8) means the server was the limit.
+    """
     server_busy = _saturated(server_share, server_core)
     loadgen_busy = _saturated(loadgen_share, loadgen_core)
     if server_busy and loadgen_busy:
+        if frames_per_read is not None and frames_per_read < 8:
+            return "server"
         return "both"
     if server_busy:
         return "server"
@@ -191,7 +201,12 @@ class Snapshot:
 
 
 def usage(
-    ctx: Context, before: Snapshot, after: Snapshot, wall: float, loadgen_cpu: float
+    ctx: Context,
+    before: Snapshot,
+    after: Snapshot,
+    wall: float,
+    loadgen_cpu: float,
+    frames_per_read: float | None = None,
 ) -> dict[str, Any]:
     """CPU figures of a measurement window, and the bottleneck they imply."""
     cpu = after.server_cpu - before.server_cpu
@@ -215,6 +230,7 @@ def usage(
         figures["loadgen_cpu_share"],
         figures["server_core_busy"],
         figures["loadgen_core_busy"],
+        frames_per_read,
     )
     return figures
 
@@ -293,7 +309,10 @@ def run_stream(run: Run) -> dict[str, Any]:
     }
     if writer.error:
         metrics["writer_error"] = writer.error
-    metrics.update(usage(run.ctx, before, after, wall, res["cpu_s"]))
+    reads = res.get("reads") or 0
+    frames_per_read = round(res["delivered"] / reads, 2) if reads else None
+    metrics["loadgen_frames_per_read"] = frames_per_read
+    metrics.update(usage(run.ctx, before, after, wall, res["cpu_s"], frames_per_read))
     if paced:
         lat = res.get("latency_ms", {})
         metrics.update(
