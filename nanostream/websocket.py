@@ -28,6 +28,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ISystemHandle,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -246,6 +247,13 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
             code=code,
             clients=tracker.open,
         )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Autobahn resolves is_closed with the protocol itself, a reference
+        # cycle: every closed connection would keep its memory until one of
+        # the garbage collector's rare full passes.  Nothing reads it now.
+        self.__dict__.pop("is_closed", None)
 
     def dropSlowConsumer(self, unsent: int) -> None:
         """Called by the broadcaster: this client cannot keep up."""

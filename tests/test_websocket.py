@@ -10,6 +10,8 @@ that it left nothing scheduled there.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -559,3 +561,24 @@ class ClosingTests(WebSocketTestCase):
         self.assertEqual(len(self.factory.broadcaster), 1)
         connection.flush()
         self.assertEqual(len(connection.client.messages), 5)
+
+
+class MemoryTests(WebSocketTestCase):
+    """A closed connection's memory is freed when it closes."""
+
+    def test_closed_protocol_freed_without_garbage_collector(self) -> None:
+        """Reference counting alone frees a closed client: no cycle is left."""
+        gc.disable()
+        self.addCleanup(gc.enable)
+        connection = self.connect("t=" + mint())
+        server = weakref.ref(connection.server)
+        connection.client.sendClose()
+        connection.flush()
+        self.assertTrue(connection.client.closed)
+        # Twisted's TCP transports forget their protocol once the connection
+        # is lost; iosim's keep it, so the test lets go of it instead.
+        connection.server_transport.protocol = None
+        self.connections.clear()
+        del connection
+        self.events.clear()
+        self.assertIsNone(server())
