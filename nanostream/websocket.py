@@ -125,7 +125,10 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
                 # start a second handshake; it waits for the answer instead.
                 self.data += data
                 return
-        super().dataReceived(data)
+        # Straight to Autobahn's framework-independent reader: the Twisted
+        # adapter's dataReceived only adds a debug line whose arguments it
+        # formats on every read, logged or not.
+        self._dataReceived(data)
 
     def _refused_as_oversized(self, buffered: bytes) -> bool:
         """Refuse or drop a connection whose handshake is too large; whether it was."""
