@@ -261,6 +261,7 @@ class Run:
     reuse: Counter[str] = field(default_factory=Counter)
     scrapes: list[Scrape] = field(default_factory=list)
     opened: int = 0
+    arrivals: int = 0
     feeder: Feeder | None = None
     stopping: bool = False
     stalls_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -321,7 +322,10 @@ class Run:
         self.stalls_done.clear()
 
     async def open_one(self) -> None:
-        if random.random() < self.options.stall_share:
+        """A newcomer: every 1/stall_share-th one stalls, the others listen."""
+        self.arrivals += 1
+        share = self.options.stall_share
+        if share > 0 and self.arrivals % max(1, round(1 / share)) == 0:
             await self.open_stalled()
         else:
             await self.open_healthy()
@@ -693,7 +697,9 @@ def report(
         },
         "ledger_entries": {
             "max": max(ledger, default=None),
-            "last": ledger[-1] if ledger else None,
+            "end_of_feed": end.values.get("nanostream_ledger_entries"),
+            "end_of_feed_bound": end.ledger_bound,
+            "after_second_wave": ledger[-1] if ledger else None,
             "over_bound": over_bound[:10],
         },
         "rss_kib": memory,
