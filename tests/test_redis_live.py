@@ -110,7 +110,11 @@ class RedisLiveTestCase(TestCase):
     @inlineCallbacks
     def started_ledger(self, url: str, prefix: str) -> Any:
         ledger = RedisLedger(target_of(url), reactor, prefix=prefix)
-        connected = log_event(self, said("ledger connected"))
+        # Another ledger's "connected" event may still be on its way to
+        # observers (this runs from inside its dispatch): wait for this one.
+        connected = log_event(
+            self, lambda event: said("ledger connected")(event) and ledger.connected
+        )
         self.start(ledger)
         yield connected
         return ledger
