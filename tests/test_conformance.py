@@ -6,7 +6,7 @@ client frames, limits); docs/reliability.rst records the suite's own run.
 The client here is raw bytes, so it can send what no well-behaved library
 would: reserved bits, unknown opcodes, bad close codes, broken UTF-8.  It
 meets the real :class:`~nanostream.websocket.NanostreamServerFactory` over
-``twisted.test.iosim``; Autobahn's timers are off, as in test_websocket.
+``twisted.test.iosim``, Autobahn's timers on a ``Clock``.
 """
 
 from __future__ import annotations
@@ -474,9 +474,9 @@ class LimitTests(ConformanceTestCase):
         """A header announcing a huge payload fails with 1009 before it arrives.
 
         The client's answering close would be read as more of that payload,
-        so TCP is dropped by Autobahn's close-handshake timeout instead,
-        which runs on the real reactor and is not exercised here.
+        so the close-handshake timeout is what drops TCP.
         """
+        self.factory.setProtocolOptions(closeHandshakeTimeout=1)
         session = self.open()
         header = bytes([0x80 | BINARY, 0x80 | 127]) + struct.pack("!Q", 1 << 40)
         session.send(header + os.urandom(4) + b"only the start")
@@ -484,3 +484,7 @@ class LimitTests(ConformanceTestCase):
         self.assertEqual(len(self.broadcaster), 0)
         session.send(client_frame(PING, b"anyone?"), b"x" * 1000)
         self.assertEqual([f.opcode for f in session.frames()], [CLOSE])
+        self.assertFalse(session.dropped)
+        self.clock.advance(1)
+        session.pump.flush()
+        self.assertTrue(session.dropped)
