@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
 import tempfile
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certificates import self_signed_certificate
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, eventAsText, globalLogPublisher
@@ -21,34 +17,6 @@ from nanostream.tap import ServiceOptions, makeService
 from nanostream.websocket import NanostreamServerFactory
 
 SECRET = "assembly-test-secret-long-enough-0123456789"
-
-
-def write_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_path = directory / "key.pem"
-    cert_path = directory / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -85,7 +53,7 @@ class MakeServiceTests(SynchronousTestCase):
         """Each --listen (tcp, ssl, unix) and an endpoint --source become ports."""
         directory = tempfile.TemporaryDirectory()
         self.addCleanup(directory.cleanup)
-        key, cert = write_certificate(Path(directory.name))
+        key, cert = self_signed_certificate(Path(directory.name))
         service = self.assemble(
             "--secret",
             SECRET,

@@ -7,12 +7,9 @@ import os
 import shutil
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certificates import self_signed_certificate
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
@@ -30,28 +27,6 @@ def temp_dir(case: SynchronousTestCase) -> str:
     directory = tempfile.mkdtemp(prefix="nanostream-test-")
     case.addCleanup(shutil.rmtree, directory)
     return directory
-
-
-def self_signed_pem() -> bytes:
-    """A throwaway key and self-signed certificate for localhost, as one PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ) + cert.public_bytes(serialization.Encoding.PEM)
 
 
 class OptionsTestCase(SynchronousTestCase):
@@ -157,10 +132,8 @@ class DefaultTests(OptionsTestCase):
 
     def test_ssl_listen_with_files(self) -> None:
         """An ssl: endpoint whose key and certificate files exist is accepted."""
-        pem = os.path.join(temp_dir(self), "server.pem")
-        with open(pem, "wb") as f:
-            f.write(self_signed_pem())
-        listen = f"ssl:0:privateKey={pem}:certKey={pem}"
+        key, cert = self_signed_certificate(Path(temp_dir(self)))
+        listen = f"ssl:0:privateKey={key}:certKey={cert}"
         self.assertEqual(self.parse(AUTH + ["--listen", listen])["listen"], [listen])
 
 

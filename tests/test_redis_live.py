@@ -223,7 +223,7 @@ class TLSTests(RedisLiveTestCase):
     @inlineCallbacks
     def test_rediss_with_password(self) -> Any:
         """rediss:// with AUTH: publisher and source meet; no log has the password."""
-        from e2e.harness import self_signed_certificate
+        from certificates import self_signed_certificate
 
         password = "hunter2-over-tls"
         certificates = Path(tempfile.mkdtemp(prefix="nanostream-tls-"))
