@@ -243,7 +243,7 @@ def close_code(client: ClientConnection) -> int | None:
 # -- the service --------------------------------------------------------------
 
 
-def _stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
     """SIGTERM, wait up to ``timeout``, then SIGKILL; the exit status."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -573,7 +573,7 @@ class Nanostream:
         """Close the clients, stop the process (SIGTERM, then SIGKILL)."""
         for client in self.clients:
             client.close()
-        self.status = _stop_process(self.process, STOP_TIMEOUT)
+        self.status = stop_process(self.process, STOP_TIMEOUT)
         self.close_stdin()
         self._finish_logs()
         return self.status

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from .harness import (
     LogReader,
     mint,
     new_secret,
+    stop_process,
 )
 
 ORIGIN = "https://app.example.test"
@@ -61,13 +61,7 @@ class JSONLogTests(SynchronousTestCase):
         return process
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
+        stop_process(process, STOP_TIMEOUT)
         assert process.stdin is not None
         process.stdin.close()
 

@@ -32,6 +32,7 @@ from .harness import (
     mint,
     new_secret,
     receive,
+    stop_process,
 )
 
 UNITS = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
@@ -159,13 +160,7 @@ class UnitCommandTestCase(SynchronousTestCase):
         return process, log
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait(STOP_TIMEOUT)
+        stop_process(process, STOP_TIMEOUT)
 
     def connect(self, url: str, tls: ssl.SSLContext | None = None) -> ClientConnection:
         client = connect(
