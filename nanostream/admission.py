@@ -10,14 +10,15 @@ HTTP status.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream import reasons
-from nanostream.ledger import ILedger
+from nanostream.ledger import IImmediateLedger, ILedger
 from nanostream.origins import OriginPolicy
 from nanostream.tokens import AcceptedToken, TokenRejected, TokenVerifier
 
@@ -55,6 +56,9 @@ class Admission:
         self._ledger = ledger
         self._origins = origins
         self._full = full
+        self._consume_now = (
+            ledger.consume_now if IImmediateLedger.providedBy(ledger) else None
+        )
         #: Refusals so far by reason phrase, read by the metrics at scrape time.
         self.refused: dict[str, int] = dict.fromkeys(reasons.REASONS, 0)
 
@@ -65,26 +69,30 @@ class Admission:
 
         :param tokens: every value of the ``t`` query parameter.
         """
+        return maybeDeferred(self.decide, peer, origin, tokens)
+
+    def decide(
+        self, peer: str, origin: str | None, tokens: Sequence[str]
+    ) -> AcceptedToken | None | Deferred[AcceptedToken | None]:
+        """:meth:`admit`, answered at once when the ledger can answer at once.
+
+        Returns the accepted token (None without auth), raises
+        :class:`Refused`, or returns a Deferred when the ledger must be asked
+        over the network (Redis).
+        """
         try:
-            if not self._origins.allows(origin):
-                raise Refused(reasons.ORIGIN_NOT_ALLOWED)
-            if self._full is not None and self._full():
-                raise Refused(reasons.TOO_MANY_CLIENTS)
-            if self._verifier is None:
-                return succeed(None)
-            if len(tokens) > 1:
-                # Exactly one, even if all but one are empty.
-                raise Refused(reasons.INVALID)
-            if not tokens or not tokens[0]:
-                raise Refused(reasons.NO_TOKEN)
-            try:
-                accepted = self._verifier.verify(tokens[0], self._clock.seconds())
-            except TokenRejected as e:
-                raise Refused(e.reason) from None
+            accepted = self._verified(origin, tokens)
         except Refused as e:
             self._log_refusal(e, peer, origin)
-            return fail(e)
-
+            raise
+        if accepted is None:
+            return None
+        if self._consume_now is not None:
+            try:
+                first = self._consume_now(accepted.token_id, accepted.expires_at)
+            except Exception:
+                self._ledger_failed(Failure(), peer, origin)
+            return self._first_use(first, accepted, peer, origin)
         assert self._ledger is not None
         d = maybeDeferred(self._ledger.consume, accepted.token_id, accepted.expires_at)
         d.addCallbacks(
@@ -95,18 +103,38 @@ class Admission:
         )
         return d
 
+    def _verified(
+        self, origin: str | None, tokens: Sequence[str]
+    ) -> AcceptedToken | None:
+        """Every check before single use, in the brief's order; raises Refused."""
+        if not self._origins.allows(origin):
+            raise Refused(reasons.ORIGIN_NOT_ALLOWED)
+        if self._full is not None and self._full():
+            raise Refused(reasons.TOO_MANY_CLIENTS)
+        if self._verifier is None:
+            return None
+        if len(tokens) > 1:
+            # Exactly one, even if all but one are empty.
+            raise Refused(reasons.INVALID)
+        if not tokens or not tokens[0]:
+            raise Refused(reasons.NO_TOKEN)
+        try:
+            return self._verifier.verify(tokens[0], self._clock.seconds())
+        except TokenRejected as e:
+            raise Refused(e.reason) from None
+
     def _first_use(
         self, first: bool, accepted: AcceptedToken, peer: str, origin: str | None
-    ) -> AcceptedToken | Failure:
+    ) -> AcceptedToken:
         if first:
             return accepted
         refused = Refused(reasons.ALREADY_USED)
         self._log_refusal(refused, peer, origin)
-        return Failure(refused)
+        raise refused
 
     def _ledger_failed(
         self, failure: Failure, peer: str, origin: str | None
-    ) -> Failure:
+    ) -> NoReturn:
         """Fail closed: a token the ledger cannot vouch for may have been used.
 
         The ledger logs why it failed when its connection changes, not here
@@ -114,7 +142,7 @@ class Admission:
         """
         refused = Refused(reasons.LEDGER_UNAVAILABLE)
         self._log_refusal(refused, peer, origin)
-        return Failure(refused)
+        raise refused
 
     def refuse(
         self, reason: str, peer: str, origin: str | None, *, status: int | None = None

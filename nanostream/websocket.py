@@ -76,17 +76,23 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
     factory: NanostreamServerFactory
     _sink: ClientSink | None = None
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[Any] | None:
+        """Admit or refuse; at once when the ledger answers at once."""
         try:
             tokens = token_values(self.http_request_uri)
-            d = self.factory.admission.admit(
+            decision = self.factory.admission.decide(
                 request.peer, request.origin or None, tokens
             )
+        except Refused as refused:
+            raise ConnectionDeny(refused.status, refused.reason) from None
         except Exception:
             _log.failure("admission failed", peer=request.peer)
             raise _internal_error() from None
-        d.addCallbacks(self._admitted, self._deny)
-        return d
+        if isinstance(decision, Deferred):
+            decision.addCallbacks(self._admitted, self._deny)
+            return decision
+        # Autobahn would take a returned value for a subprotocol.
+        return None
 
     def _admitted(self, _: object) -> None:
         """Open only a connection that is still there.

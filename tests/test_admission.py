@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import jwt
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from nanostream import reasons
 from nanostream.admission import Admission, Refused
-from nanostream.ledger import MemoryLedger
+from nanostream.ledger import IImmediateLedger, MemoryLedger
 from nanostream.origins import OriginPolicy
 from nanostream.tokens import AcceptedToken, TokenVerifier
 
@@ -194,3 +195,68 @@ class AdmissionTests(SynchronousTestCase):
             text = repr(event)
             for token in tokens:
                 self.assertNotIn(token, text)
+
+
+@implementer(IImmediateLedger)
+class BrokenImmediateLedger:
+    """An in-process ledger that fails when asked (a bug, a full disk)."""
+
+    size = 0
+
+    def consume(self, token_id: bytes, expires_at: float) -> Deferred[bool]:
+        return maybeDeferred(self.consume_now, token_id, expires_at)
+
+    def consume_now(self, token_id: bytes, expires_at: float) -> bool:
+        raise OSError("ledger broke")
+
+
+class ImmediateDecisionTests(SynchronousTestCase):
+    """With a ledger that answers at once, the decision needs no Deferred."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def gate(self, ledger: Any) -> Admission:
+        return Admission(self.clock, TokenVerifier(SECRET), ledger, OriginPolicy(()))
+
+    def test_memory_ledger_answers_at_once(self) -> None:
+        """A fresh token is admitted as a plain value, a reused one refused."""
+        gate = self.gate(MemoryLedger(self.clock))
+        token = mint()
+        accepted = gate.decide(PEER, None, [token])
+        self.assertIsInstance(accepted, AcceptedToken)
+        with self.assertRaises(Refused) as raised:
+            gate.decide(PEER, None, [token])
+        self.assertEqual(raised.exception.reason, reasons.ALREADY_USED)
+
+    def test_network_ledger_answers_later(self) -> None:
+        """A ledger without an immediate answer still gets a Deferred."""
+        decision = self.gate(UnreachableLedger()).decide(PEER, None, [mint()])
+        self.assertIsInstance(decision, Deferred)
+        refused = self.failureResultOf(decision, Refused).value
+        self.assertEqual(refused.reason, reasons.LEDGER_UNAVAILABLE)
+
+    def test_failing_immediate_ledger_fails_closed(self) -> None:
+        """An immediate ledger that raises refuses with 503, logged once."""
+        with self.assertRaises(Refused) as raised:
+            self.gate(BrokenImmediateLedger()).decide(PEER, None, [mint()])
+        self.assertEqual(
+            (raised.exception.reason, raised.exception.status),
+            (reasons.LEDGER_UNAVAILABLE, 503),
+        )
+        [event] = [
+            e for e in self.events if e.get("log_namespace") == "nanostream.admission"
+        ]
+        self.assertEqual(event["reason"], reasons.LEDGER_UNAVAILABLE)
+
+    def test_refusal_before_the_ledger_is_raised(self) -> None:
+        """A bad token is refused at once and never reaches the ledger."""
+        ledger = MemoryLedger(self.clock)
+        with self.assertRaises(Refused) as raised:
+            self.gate(ledger).decide(PEER, None, ["a.b.c"])
+        self.assertEqual(raised.exception.reason, reasons.INVALID)
+        self.assertEqual(ledger.size, 0)
