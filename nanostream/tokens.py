@@ -97,18 +97,33 @@ def _parse_claims(payload: bytes) -> dict[str, Any]:
     return claims
 
 
+#: Header segments that passed :func:`_check_header`.  One issuer signs every
+#: token with the same header, so the strict parse runs once, not per token.
+_CHECKED_HEADERS: set[str] = set()
+
+#: Enough for every issuer an operator runs.  Headers that vary per token
+#: (a ``kid`` each) are still checked every time, just not remembered; only
+#: headers signed with the secret are ever remembered.
+_CHECKED_HEADERS_MAX = 64
+
+
 def _check_header(token: str) -> None:
     """Parse the signed header again, strictly, as the claims are parsed.
 
     PyJWT keeps the last of two equal keys; another parser may keep the
     first, so ``{"alg": "HS256", "alg": "none"}`` would mean two things.
+    Only headers of tokens whose signature verified get here.
     """
     segment = token.split(".", 1)[0]
+    if segment in _CHECKED_HEADERS:
+        return
     json.loads(
         base64url_decode(segment),
         object_pairs_hook=_reject_duplicates,
         parse_constant=_reject_constant,
     )
+    if len(_CHECKED_HEADERS) < _CHECKED_HEADERS_MAX:
+        _CHECKED_HEADERS.add(segment)
 
 
 def _number(value: Any) -> float | None:

@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanostream import tokens
 from nanostream.reasons import (
     EXPIRED,
     INVALID,
@@ -184,6 +185,21 @@ class ShapeTests(VerifierTestCase):
         ):
             with self.subTest(header=header):
                 self.assertRejected(handmade(header, GOOD), INVALID)
+
+    def test_duplicate_header_key_after_many_headers(self) -> None:
+        """Remembering checked headers never lets an ambiguous one through.
+
+        An issuer that varies its header (a ``kid`` per token) fills the
+        memory of checked headers; every other header is still checked.
+        """
+        for kid in range(200):
+            header = b'{"alg": "HS256", "kid": "%d"}' % kid
+            self.accept(handmade(header, GOOD))
+            self.accept(handmade(header, {**GOOD, "n": 1}))
+        self.assertLessEqual(len(tokens._CHECKED_HEADERS), tokens._CHECKED_HEADERS_MAX)
+        self.assertRejected(
+            handmade(b'{"alg": "HS256", "kid": "1", "kid": "2"}', GOOD), INVALID
+        )
 
     def test_deeply_nested_claims(self) -> None:
         """Claims nested deeper than the parser goes are invalid, not a crash."""
