@@ -84,3 +84,38 @@ class PipeReaderTests(TestCase):
         reader.loseConnection()
         self.assertFalse(protocol.lost.called)
         return protocol.lost
+
+    def test_earlier_reads_survive_later_ones(self) -> None:
+        """Each read is handed on as its own bytes, untouched by the next read.
+
+        The reader reuses one buffer; a protocol keeping a partial line must
+        not see it overwritten.
+        """
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        protocol = Recorder()
+        first_read: Deferred[None] = Deferred()
+        record = protocol.dataReceived
+
+        def received(data: bytes) -> None:
+            record(data)
+            if not first_read.called:
+                first_read.callback(None)
+
+        protocol.dataReceived = received  # type: ignore[method-assign]
+        PipeReader(r, protocol, reactor)
+        os.write(w, b"partial line, no end yet")
+
+        def write_more(_: None) -> None:
+            os.write(w, b"XXXXXXXXXXXXXXXXXXXXXXXX and more\n")
+            os.close(w)
+
+        def ended(_: None) -> None:
+            self.assertEqual(
+                protocol.chunks,
+                [b"partial line, no end yet", b"XXXXXXXXXXXXXXXXXXXXXXXX and more\n"],
+            )
+            self.assertTrue(all(type(chunk) is bytes for chunk in protocol.chunks))
+
+        first_read.addCallback(write_more)
+        return protocol.lost.addCallback(ended)

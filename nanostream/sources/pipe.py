@@ -46,6 +46,10 @@ class PipeReader(abstract.FileDescriptor):
     ) -> None:
         super().__init__(reactor)
         self._fd = fd
+        # One buffer for every read: a fresh 1 MiB bytes per read would cost
+        # an mmap, an mremap and an munmap even for a single short line.
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
         self.protocol = protocol
         fdesc.setNonBlocking(fd)
         widen_pipe(fd)
@@ -58,14 +62,16 @@ class PipeReader(abstract.FileDescriptor):
 
     def doRead(self) -> Failure | None:
         try:
-            data = os.read(self._fd, READ_SIZE)
+            size = os.readv(self._fd, (self._buffer,))
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return None
             return main.CONNECTION_LOST
-        if not data:
+        if not size:
             return main.CONNECTION_DONE
-        self.protocol.dataReceived(data)
+        # A copy of just what arrived: the protocol may keep it (a partial
+        # line) while the buffer takes the next read.
+        self.protocol.dataReceived(self._view[:size].tobytes())
         return None
 
     def writeSomeData(self, data: bytes) -> int:
