@@ -26,6 +26,7 @@ from nanostream import reasons
 from nanostream.admission import Admission
 from nanostream.broadcast import Broadcaster
 from nanostream.ledger import ILedger
+from nanostream.memory import MemoryTrimmer
 from nanostream.service import ClientTracker
 from nanostream.sources import SourceStatus
 
@@ -48,12 +49,15 @@ class ServiceCollector:
         source: SourceStatus,
         clock: IReactorTime,
         ledger: ILedger | None = None,
+        trimmer: MemoryTrimmer | None = None,
     ) -> None:
         """
         :param ledger: the used-token ledger, None under ``--no-auth``.
+        :param trimmer: what hands freed memory back, None where nothing can.
         """
         self._broadcaster = broadcaster
         self._ledger = ledger
+        self._trimmer = trimmer
         self._tracker = tracker
         self._admission = admission
         self._source = source
@@ -80,6 +84,7 @@ class ServiceCollector:
             "seconds_since_last_line": max(
                 0.0, self._clock.seconds() - broadcaster.last_line_at
             ),
+            "memory_releases": 0 if self._trimmer is None else self._trimmer.releases,
         }
         for name, kind, documentation in _METRICS:
             family = _family(name, kind, documentation)
@@ -136,6 +141,11 @@ _METRICS = (
         "seconds_since_last_line",
         "gauge",
         "Seconds since the source last delivered a line (since start if none).",
+    ),
+    (
+        "memory_releases",
+        "counter",
+        "Times freed memory was handed back to the system after clients left.",
     ),
 )
 

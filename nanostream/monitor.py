@@ -21,6 +21,7 @@ from nanostream.broadcast import Broadcaster
 from nanostream.health import Liveness, Readiness, ReadinessPage
 from nanostream.httplog import redacting_site
 from nanostream.ledger import ILedger
+from nanostream.memory import MemoryTrimmer
 from nanostream.metrics import ServiceCollector, service_registry
 from nanostream.service import ClientTracker
 from nanostream.sources import SourceStatus
@@ -54,6 +55,7 @@ def monitor_site(
     listeners: Sequence[tuple[str, StreamServerEndpointService]],
     reactor: IReactorTime,
     ledger: ILedger | None = None,
+    trimmer: MemoryTrimmer | None = None,
 ) -> Site:
     """The HTTP site an operator's Prometheus and balancer talk to."""
     collector = ServiceCollector(
@@ -63,6 +65,7 @@ def monitor_site(
         source=source,
         clock=reactor,
         ledger=ledger,
+        trimmer=trimmer,
     )
     resource = monitor_resource(
         service_registry(collector), Readiness(source, listeners, ledger)

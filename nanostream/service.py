@@ -28,6 +28,8 @@ class ClientTracker:
         self.open = 0
         #: Handshakes completed since start, read by the metrics.
         self.accepted = 0
+        #: The most clients open at once since :meth:`take_peak` was last called.
+        self.peak = 0
         self._waiters: list[Deferred[None]] = []
 
     def full(self) -> bool:
@@ -37,6 +39,14 @@ class ClientTracker:
     def opened(self) -> None:
         self.open += 1
         self.accepted += 1
+        if self.open > self.peak:
+            self.peak = self.open
+
+    def take_peak(self) -> int:
+        """The most clients open at once since the last call; starts anew."""
+        peak = self.peak
+        self.peak = self.open
+        return peak
 
     def closed(self) -> None:
         self.open -= 1

@@ -22,6 +22,7 @@ from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES, Broadcaster
 from nanostream.ledger import MemoryLedger
 from nanostream.lines import DEFAULT_MAX_LINE_BYTES
 from nanostream.listening import announced_service
+from nanostream.memory import MemoryTrimmer, ledger_pruner, malloc_trim, releaser
 from nanostream.numbers import number_option
 from nanostream.origins import OriginPolicy
 from nanostream.redis_url import RedisURLError, resolve
@@ -381,6 +382,13 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
     BroadcastService(
         broadcaster, tracker, reactor, _warnings(options, key)
     ).setServiceParent(top)
+    release = releaser(malloc_trim())
+    trimmer = None
+    if release is not None:
+        trimmer = MemoryTrimmer(tracker, ledger, release, reactor)
+        trimmer.setServiceParent(top)
+    if isinstance(ledger, MemoryLedger):
+        ledger_pruner(ledger, reactor).setServiceParent(top)
     listener = factory
     if options["demo"]:
         from nanostream.demo.page import DEFAULT_TOKEN_TTL, PageTokens, demo_site
@@ -426,6 +434,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
             listeners=listeners,
             reactor=reactor,
             ledger=ledger,
+            trimmer=trimmer,
         )
         monitor = announced_service(options["metrics"], site, "metrics", reactor)
         monitor.setServiceParent(top)

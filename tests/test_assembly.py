@@ -6,11 +6,13 @@ import tempfile
 from pathlib import Path
 
 from certificates import self_signed_certificate
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, eventAsText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanostream.memory import MemoryTrimmer, malloc_trim
 from nanostream.sources.protocol import LineSourceFactory
 from nanostream.sources.stdio import StdioSource
 from nanostream.tap import ServiceOptions, makeService
@@ -155,3 +157,30 @@ class MakeServiceTests(SynchronousTestCase):
             if event.get("log_namespace") == "nanostream.service"
             and event["log_level"] == LogLevel.warn
         ]
+
+
+class MemoryAssemblyTests(SynchronousTestCase):
+    """The assembled service gives memory back and forgets expired tokens."""
+
+    def assemble(self, *arguments: str) -> MultiService:
+        options = ServiceOptions(environ={})
+        options.parseOptions([*arguments, "--source", "tcp:9000"])
+        return makeService(options, reactor=MemoryReactorClock())
+
+    def test_trimmer_where_malloc_trim_exists(self) -> None:
+        """A trimmer runs where the C library can trim, and nowhere else."""
+        service = self.assemble("--secret", SECRET)
+        trimmers = [s for s in service if isinstance(s, MemoryTrimmer)]
+        self.assertEqual(len(trimmers), 0 if malloc_trim() is None else 1)
+
+    def test_ledger_pruned_on_a_timer(self) -> None:
+        """The in-memory ledger is pruned by a timer of its own."""
+        service = self.assemble("--secret", SECRET)
+        calls = [s.call[0] for s in service if isinstance(s, TimerService)]
+        self.assertIn("prune", [getattr(call, "__name__", None) for call in calls])
+
+    def test_no_pruner_without_tokens(self) -> None:
+        """Under --no-auth there is no ledger to prune."""
+        service = self.assemble("--no-auth")
+        calls = [s.call[0] for s in service if isinstance(s, TimerService)]
+        self.assertNotIn("prune", [getattr(call, "__name__", None) for call in calls])

@@ -13,6 +13,7 @@ from nanostream import reasons
 from nanostream.admission import Admission
 from nanostream.broadcast import Broadcaster, ClientSink, frame
 from nanostream.ledger import MemoryLedger
+from nanostream.memory import MemoryTrimmer
 from nanostream.metrics import ServiceCollector, service_registry
 from nanostream.origins import OriginPolicy
 from nanostream.service import ClientTracker
@@ -279,3 +280,31 @@ class LedgerGaugeTests(SynchronousTestCase):
         self.assertEqual(
             scrape(self.collector(None))["nanostream_ledger_entries"][()], 0.0
         )
+
+
+class MemoryReleaseCounterTests(SynchronousTestCase):
+    def test_counts_the_trimmer_releases(self) -> None:
+        """The counter shows how often the trimmer gave memory back; 0 without."""
+        clock = Clock()
+        tracker = ClientTracker()
+        trimmer = MemoryTrimmer(tracker, None, lambda: None, clock)
+
+        def collector(trimmer: MemoryTrimmer | None) -> ServiceCollector:
+            return ServiceCollector(
+                broadcaster=Broadcaster(clock=clock),
+                tracker=tracker,
+                admission=Admission(clock, None, None, OriginPolicy(())),
+                source=SourceStatus(),
+                clock=clock,
+                trimmer=trimmer,
+            )
+
+        name = "nanostream_memory_releases_total"
+        self.assertEqual(scrape(collector(None))[name][()], 0.0)
+        for _ in range(200):
+            tracker.opened()
+        trimmer.check()
+        for _ in range(200):
+            tracker.closed()
+        trimmer.check()
+        self.assertEqual(scrape(collector(trimmer))[name][()], 1.0)

@@ -155,3 +155,19 @@ class BroadcastServiceTests(SynchronousTestCase):
         service.stopService()
         self.assertEqual([c.asked_to_go for c in clients], [1, 1, 1])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class PeakTests(SynchronousTestCase):
+    """take_peak tells the most clients open at once since it was last asked."""
+
+    def test_peak_since_the_last_call(self) -> None:
+        """Clients gone before the call still count; the next call starts anew."""
+        tracker = ClientTracker()
+        for _ in range(3):
+            tracker.opened()
+        tracker.closed()
+        tracker.closed()
+        self.assertEqual(tracker.take_peak(), 3)
+        self.assertEqual(tracker.take_peak(), 1)
+        tracker.opened()
+        self.assertEqual(tracker.take_peak(), 2)

@@ -1,0 +1,160 @@
+"""Hands freed memory back to the operating system once clients have left.
+
+A closed connection's objects are freed at once, but the process keeps the
+pages for reuse: glibc's ``malloc`` returns freed heap to the system only
+from its top, so after a wave of clients the resident size stays at its
+peak.  :class:`MemoryTrimmer` checks on a timer, never on the hot path,
+whether the clients (or the used tokens the ledger remembers) have fallen to
+half their peak or less; then it releases: it drops two interpreter caches
+that keep small objects allocated during the wave alive (``urlsplit``'s,
+holding the last 128 request URIs, tokens included, and the type attribute
+cache, holding attribute names), collects every generation (which also
+empties the interpreter's free lists) and calls glibc's ``malloc_trim(0)``,
+which returns every whole free page.
+
+CPython's own small-object allocator returns a 1 MiB arena only once every
+object in it is gone, and a few long-lived objects allocated during a wave
+keep most arenas; the trim then reaches only what glibc holds.  With
+``PYTHONMALLOC=malloc`` (the systemd units set it) every allocation is
+glibc's, and most of the wave's memory goes back: docs/reliability.rst has
+the figures.
+
+Where the C library has no ``malloc_trim`` (musl, macOS), there is nothing
+to call and no trimmer is made.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nanostream.ledger import ILedger, MemoryLedger
+from nanostream.service import ClientTracker
+
+_log = Logger()
+
+#: Seconds between two checks, so between two releases at most.
+CHECK_INTERVAL = 10.0
+
+#: A release needs at least this many clients (or remembered tokens) gone
+#: since the peak: fewer free too little to be worth a full collection.
+MIN_DROP = 100
+
+
+def malloc_trim() -> Callable[[], None] | None:
+    """glibc's ``malloc_trim(0)`` as a callable, or None where there is none."""
+    try:
+        function = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+
+    def trim() -> None:
+        function(0)
+
+    return trim
+
+
+def releaser(trim: Callable[[], None] | None) -> Callable[[], None] | None:
+    """A release around ``trim``: caches dropped, everything collected, trimmed."""
+    if trim is None:
+        return None
+
+    def release() -> None:
+        cache_clear = getattr(urlsplit, "cache_clear", None)
+        if cache_clear is not None:
+            cache_clear()
+        clear_type_cache = getattr(sys, "_clear_type_cache", None)
+        if clear_type_cache is not None:
+            clear_type_cache()
+        gc.collect()
+        trim()
+
+    return release
+
+
+def ledger_pruner(
+    ledger: MemoryLedger, clock: IReactorTime, interval: float = CHECK_INTERVAL
+) -> TimerService:
+    """Forgets expired tokens every ``interval`` seconds.
+
+    The ledger forgets them at each handshake anyway; this forgets them
+    when none comes, so that their memory can go back after a wave.
+    """
+    pruner = TimerService(interval, ledger.prune)
+    pruner.clock = clock
+    return pruner
+
+
+def _fell(peak: int, now: int, min_drop: int) -> bool:
+    """Whether ``now`` is at most half of ``peak`` and ``min_drop`` below it."""
+    return now * 2 <= peak and peak - now >= min_drop
+
+
+class MemoryTrimmer(TimerService):
+    """Every ``interval`` seconds, releases memory if the load has halved.
+
+    It keeps the most clients open at once since the last release (the
+    tracker notes a peak between two checks too) and the most used tokens
+    the ledger remembered.  Remembered tokens count because each keeps a
+    few small objects allocated among its connection's until it expires,
+    and with them the pages around: a wave's memory can go back only once
+    its tokens have gone too.
+    """
+
+    def __init__(
+        self,
+        tracker: ClientTracker,
+        ledger: ILedger | None,
+        release: Callable[[], None],
+        clock: IReactorTime,
+        *,
+        interval: float = CHECK_INTERVAL,
+        min_drop: int = MIN_DROP,
+    ) -> None:
+        super().__init__(interval, self.check)
+        self.clock = clock
+        self._tracker = tracker
+        self._ledger = ledger
+        self._release = release
+        self._min_drop = min_drop
+        self._clients_peak = 0
+        self._tokens_peak = 0
+        #: Releases so far, read by the metrics.
+        self.releases = 0
+
+    def check(self) -> bool:
+        """Release if either count has fallen far enough; whether it did."""
+        clients = self._tracker.open
+        clients_peak = max(self._clients_peak, self._tracker.take_peak())
+        tokens = 0 if self._ledger is None else self._ledger.size
+        tokens_peak = max(self._tokens_peak, tokens)
+        if not (
+            _fell(clients_peak, clients, self._min_drop)
+            or _fell(tokens_peak, tokens, self._min_drop)
+        ):
+            self._clients_peak = clients_peak
+            self._tokens_peak = tokens_peak
+            return False
+        self._clients_peak = clients
+        self._tokens_peak = tokens
+        self.releases += 1
+        self._release()
+        _log.info(
+            "returned freed memory to the system: {clients} clients "
+            "(at most {clients_peak} before), {tokens} used tokens remembered "
+            "(at most {tokens_peak} before)",
+            clients=clients,
+            clients_peak=clients_peak,
+            tokens=tokens,
+            tokens_peak=tokens_peak,
+        )
+        return True
