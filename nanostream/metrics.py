@@ -74,6 +74,7 @@ class ServiceCollector:
         values = {
             "clients": self._tracker.open,
             "handshakes_accepted": self._tracker.accepted,
+            "handshakes_timed_out": self._tracker.handshakes_timed_out,
             "lines_received": broadcaster.lines_received,
             "lines_discarded": source.lines_discarded,
             "messages_delivered": broadcaster.messages_delivered,
@@ -109,6 +110,12 @@ _METRICS = (
     ("clients", "gauge", "WebSocket clients connected now."),
     ("handshakes_accepted", "counter", "Handshakes that became clients."),
     (REJECTED, "counter", "Handshakes refused, by the reason phrase logged."),
+    (
+        "handshakes_timed_out",
+        "counter",
+        "Connections dropped for not completing the opening handshake "
+        "within --handshake-timeout.",
+    ),
     ("lines_received", "counter", "Lines read from the source."),
     (
         "lines_discarded",

@@ -28,6 +28,9 @@ class ClientTracker:
         self.open = 0
         #: Handshakes completed since start, read by the metrics.
         self.accepted = 0
+        #: Connections dropped for not completing their opening handshake
+        #: within ``--handshake-timeout``, read by the metrics.
+        self.handshakes_timed_out = 0
         #: The most clients open at once since :meth:`take_peak` was last called.
         self.peak = 0
         self._waiters: list[Deferred[None]] = []

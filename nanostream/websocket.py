@@ -189,6 +189,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
     def onOpenHandshakeTimeout(self) -> None:
         """A client that does not finish its handshake in time is dropped."""
         if self.state == _CONNECTING:
+            self.factory.tracker.handshakes_timed_out += 1
             _log.info(
                 "dropping {peer}: no complete handshake in {timeout} seconds",
                 peer=self.peer,

@@ -153,6 +153,7 @@ class HandshakeTimeoutTests(LimitsTestCase):
         self.assertEqual(event["log_level"], LogLevel.info)
         self.assertEqual(event["peer"], server.peer)
         self.assertEqual(event["timeout"], 5)
+        self.assertEqual(self.factory.tracker.handshakes_timed_out, 1)
 
     def test_trickling_client_dropped_on_time(self) -> None:
         """Steady progress does not extend the deadline: slowloris is dropped."""
@@ -190,6 +191,7 @@ class HandshakeTimeoutTests(LimitsTestCase):
         self.assertFalse(connection.client.closed)
         self.assertEqual(self.timeouts_logged(), [])
         self.assertEqual(self.factory.tracker.open, 1)
+        self.assertEqual(self.factory.tracker.handshakes_timed_out, 0)
 
     def test_refused_handshake_leaves_no_timer(self) -> None:
         """A refused handshake cancels its timer as the connection closes."""

@@ -197,12 +197,14 @@ class CollectorTests(SynchronousTestCase):
         client = QuietClient()
         self.broadcaster.add(client.sink)
         self.tracker.opened()
+        self.tracker.handshakes_timed_out = 3
         self.status.up("reading stdin")
         self.status.lines_discarded = 4
         self.broadcaster.broadcast([b"abc", b"def"])
         samples = scrape(self.collector)
         self.assertEqual(samples["nanostream_clients"][()], 1.0)
         self.assertEqual(samples["nanostream_handshakes_accepted_total"][()], 1.0)
+        self.assertEqual(samples["nanostream_handshakes_timed_out_total"][()], 3.0)
         self.assertEqual(samples["nanostream_lines_received_total"][()], 2.0)
         self.assertEqual(samples["nanostream_lines_discarded_total"][()], 4.0)
         self.assertEqual(samples["nanostream_messages_delivered_total"][()], 2.0)
