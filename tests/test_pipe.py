@@ -107,13 +107,13 @@ class PipeReaderTests(TestCase):
         os.write(w, b"partial line, no end yet")
 
         def write_more(_: None) -> None:
-            os.write(w, b"XXXXXXXXXXXXXXXXXXXXXXXX and more\n")
+            os.write(w, b"overwrite what came first, and more\n")
             os.close(w)
 
         def ended(_: None) -> None:
             self.assertEqual(
                 protocol.chunks,
-                [b"partial line, no end yet", b"XXXXXXXXXXXXXXXXXXXXXXXX and more\n"],
+                [b"partial line, no end yet", b"overwrite what came first, and more\n"],
             )
             self.assertTrue(all(type(chunk) is bytes for chunk in protocol.chunks))
 
