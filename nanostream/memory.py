@@ -32,6 +32,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from twisted.application.internet import TimerService
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -158,3 +159,24 @@ class MemoryTrimmer(TimerService):
             tokens_peak=tokens_peak,
         )
         return True
+
+
+class StartupFreezer(Service):
+    """Takes what start-up built out of the garbage collector's sight.
+
+    The modules, classes and functions loaded at start-up (some 57,000
+    objects) live as long as the process, yet every full collection, the
+    automatic ones under churn and each release above, would walk them all
+    again: tens of milliseconds in which no line goes out.  Frozen once the
+    service runs (after a collection, so no start-up garbage is kept), a
+    full collection walks only what clients and tokens made since.
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+
+    def stopService(self) -> None:
+        super().stopService()
+        gc.unfreeze()

@@ -22,7 +22,13 @@ from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES, Broadcaster
 from nanostream.ledger import MemoryLedger
 from nanostream.lines import DEFAULT_MAX_LINE_BYTES
 from nanostream.listening import announced_service
-from nanostream.memory import MemoryTrimmer, ledger_pruner, malloc_trim, releaser
+from nanostream.memory import (
+    MemoryTrimmer,
+    StartupFreezer,
+    ledger_pruner,
+    malloc_trim,
+    releaser,
+)
 from nanostream.numbers import number_option
 from nanostream.origins import OriginPolicy
 from nanostream.redis_url import RedisURLError, resolve
@@ -438,4 +444,6 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         )
         monitor = announced_service(options["metrics"], site, "metrics", reactor)
         monitor.setServiceParent(top)
+    # Last, so that it starts once everything else has been built and started.
+    StartupFreezer().setServiceParent(top)
     return top

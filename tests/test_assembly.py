@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, eventAsText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.memory import MemoryTrimmer, malloc_trim
+from nanostream.memory import MemoryTrimmer, StartupFreezer, malloc_trim
 from nanostream.sources.protocol import LineSourceFactory
 from nanostream.sources.stdio import StdioSource
 from nanostream.tap import ServiceOptions, makeService
@@ -184,3 +184,8 @@ class MemoryAssemblyTests(SynchronousTestCase):
         service = self.assemble("--no-auth")
         calls = [s.call[0] for s in service if isinstance(s, TimerService)]
         self.assertNotIn("prune", [getattr(call, "__name__", None) for call in calls])
+
+    def test_startup_freezer_starts_last(self) -> None:
+        """The heap is frozen only once every other service has started."""
+        service = self.assemble("--secret", SECRET)
+        self.assertIsInstance(list(service)[-1], StartupFreezer)

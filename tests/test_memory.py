@@ -34,6 +34,7 @@ from nanostream.memory import (
     CHECK_INTERVAL,
     MIN_DROP,
     MemoryTrimmer,
+    StartupFreezer,
     ledger_pruner,
     releaser,
 )
@@ -282,3 +283,43 @@ class Referent:
 
     def __init__(self, cycle: list[object]) -> None:
         cycle.append(self)
+
+
+class StartupFreezerTests(SynchronousTestCase):
+    """What start-up built is frozen while the service runs, and only then."""
+
+    def setUp(self) -> None:
+        if gc.get_freeze_count():
+            raise SkipTest("something else froze the heap already")
+        self.addCleanup(gc.unfreeze)
+
+    def test_startup_objects_frozen_and_garbage_collected(self) -> None:
+        """Live start-up objects leave the collector's view; garbage is freed first."""
+        alive = [Referent([])]
+        dead = _unreachable_cycle()
+        freezer = StartupFreezer()
+        freezer.startService()
+        self.assertIsNone(dead())
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertFalse(any(o is alive for o in gc.get_objects()))
+        freezer.stopService()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        self.assertTrue(any(o is alive for o in gc.get_objects()))
+
+    def test_objects_made_later_still_collected(self) -> None:
+        """A cycle made after start-up is collected as before."""
+        freezer = StartupFreezer()
+        freezer.startService()
+        self.addCleanup(freezer.stopService)
+        later = _unreachable_cycle()
+        gc.collect()
+        self.assertIsNone(later())
+
+
+def _unreachable_cycle() -> weakref.ref[Referent]:
+    """An object only a reference cycle keeps: freed by a collection alone."""
+    cycle: list[object] = []
+    cycle.append(cycle)
+    referent = Referent(cycle)
+    referent.cycle = cycle  # type: ignore[attr-defined]
+    return weakref.ref(referent)
