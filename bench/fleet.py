@@ -204,7 +204,7 @@ class Fleet:
     def publisher(self) -> Iterator[ServerProcess]:
         python = str(Path(self.args.twistd).with_name("python"))
         argv = [
-            python, "-m", "nanostream.publish",
+            python, "-m", "nanostream.cli.publish",
             f"{self.redis.url}?channel={self.channel}", "--window", "1000",
         ]  # fmt: skip
         log = self.logdir / f"fleet.{self.tag}.publish.log"

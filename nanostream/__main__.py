@@ -2,6 +2,6 @@
 
 import sys
 
-from nanostream.cli import main
+from nanostream.cli.main import main
 
 sys.exit(main())

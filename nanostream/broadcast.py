@@ -13,8 +13,9 @@ the other clients, or grows our memory beyond the bound.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.interfaces import (
@@ -22,6 +23,8 @@ from twisted.internet.interfaces import (
     IPullProducer,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
+    ISystemHandle,
 )
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -165,11 +168,23 @@ class SocketSink(ClientSink):
         self.unsent = 1
 
 
+def sink_for(transport: Any, client: Client) -> ClientSink:
+    """The fast socket sink for plain TCP/UNIX connections, else the generic one.
+
+    TLS connections must go through their transport, which encrypts.
+    """
+    if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
+        handle = transport.getHandle()
+        if isinstance(handle, socket.socket):
+            return SocketSink(transport.write, handle.send, client)
+    return ClientSink(transport.write, client)
+
+
 class Broadcaster:
     """The registry of open clients and the per-batch fan-out.
 
     Its counters are plain integers, bumped once per batch (never per
-    client) and read by :mod:`nanostream.metrics` only when scraped.
+    client) and read by :mod:`nanostream.ops.metrics` only when scraped.
     """
 
     def __init__(

@@ -17,27 +17,27 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from nanostream.admission import Admission
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.secret import ENV_VAR, SecretError, load_secret
+from nanostream.auth.tokens import RECOMMENDED_SECRET_BYTES, TokenVerifier
 from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES, Broadcaster
-from nanostream.ledger import MemoryLedger
-from nanostream.lines import DEFAULT_MAX_LINE_BYTES
+from nanostream.clients import BroadcastService, ClientTracker
 from nanostream.listening import announced_service
-from nanostream.memory import (
+from nanostream.numbers import number_option
+from nanostream.ops.memory import (
     MemoryTrimmer,
     StartupFreezer,
     ledger_pruner,
     malloc_trim,
     releaser,
 )
-from nanostream.numbers import number_option
-from nanostream.origins import OriginPolicy
-from nanostream.redis_url import RedisURLError, resolve
-from nanostream.secret import ENV_VAR, SecretError, load_secret
-from nanostream.service import BroadcastService, ClientTracker
+from nanostream.redis.url import RedisURLError, resolve
 from nanostream.sources import SourceStatus
-from nanostream.sources.protocol import LineSourceFactory
+from nanostream.sources.splitter import DEFAULT_MAX_LINE_BYTES
 from nanostream.sources.stdio import StdioSource
-from nanostream.tokens import RECOMMENDED_SECRET_BYTES, TokenVerifier
+from nanostream.sources.stream import LineSourceFactory
 from nanostream.websocket import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_HANDSHAKE_BYTES,
@@ -360,7 +360,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
     )
     ledger = None
     if verifier is not None and options.get("redis-ledger") is not None:
-        from nanostream.ledger_redis import RedisLedger
+        from nanostream.auth.redis_ledger import RedisLedger
 
         ledger = RedisLedger(
             options["redis-ledger"],
@@ -421,7 +421,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
             broadcaster, max_line, reactor.stop, reactor, status=status
         ).setServiceParent(top)
     elif options.get("redis-source") is not None:
-        from nanostream.sources.redis import RedisSource
+        from nanostream.sources.redis_channel import RedisSource
 
         RedisSource(
             broadcaster, max_line, options["redis-source"], reactor, status=status
@@ -430,7 +430,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         sources = LineSourceFactory(broadcaster, max_line, status)
         announced_service(source, sources, "source", reactor).setServiceParent(top)
     if options["metrics"] is not None:
-        from nanostream.monitor import monitor_site
+        from nanostream.ops.site import monitor_site
 
         site = monitor_site(
             broadcaster=broadcaster,

@@ -1,6 +1,6 @@
 """Autobahn glue: a listen-only WebSocket client behind the admission gate.
 
-The protocol asks :class:`~nanostream.admission.Admission` in ``onConnect``,
+The protocol asks :class:`~nanostream.auth.admission.Admission` in ``onConnect``,
 registers with the :class:`~nanostream.broadcast.Broadcaster` in ``onOpen``
 and leaves it when the connection closes.  Lines never pass through
 Autobahn's per-message send path: the broadcaster hands pre-framed bytes
@@ -10,7 +10,6 @@ Whatever a client sends is read and discarded.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,23 +18,22 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IReactorTime,
-    ISSLTransport,
-    ISystemHandle,
-)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanostream import reasons
-from nanostream.admission import Admission, Refused
-from nanostream.broadcast import Broadcaster, ClientSink, SocketSink
-from nanostream.service import ClientTracker
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission, Refused
+from nanostream.autobahn_overrides import (
+    ReactorTimer,
+    bind_options,
+    shed_handshake_state,
+)
+from nanostream.broadcast import Broadcaster, ClientSink, sink_for
+from nanostream.clients import ClientTracker
 
 _log = Logger()
 
@@ -198,7 +196,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         super().onOpenHandshakeTimeout()
 
     def onOpen(self) -> None:
-        _shed_handshake_state(self)
+        shed_handshake_state(self)
         sink = sink_for(self.transport, self)
         sink.attach(self.transport)
         # Counted only once attached, so onClose never uncounts a client
@@ -292,80 +290,6 @@ def token_values(uri: str) -> list[str]:
     return parse_qs(urlsplit(uri).query, keep_blank_values=True).get("t", [])
 
 
-def sink_for(transport: Any, client: NanostreamServerProtocol) -> ClientSink:
-    """The fast socket sink for plain TCP/UNIX connections, else the generic one.
-
-    TLS connections must go through their transport, which encrypts.
-    """
-    if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
-        handle = transport.getHandle()
-        if isinstance(handle, socket.socket):
-            return SocketSink(transport.write, handle.send, client)
-    return ClientSink(transport.write, client)
-
-
-#: What Autobahn keeps after the opening handshake that the server side never
-#: reads again: the request, the response and the negotiation results.
-_HANDSHAKE_LEFTOVERS = (
-    "http_request_data",
-    "http_headers",
-    "http_response_data",
-    "http_status_line",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_params",
-    "http_request_host",
-    "websocket_protocols",
-    "websocket_extensions",
-    "websocket_origin",
-)
-
-#: One statistics object for every connection: Autobahn updates it on every
-#: read, nobody reads it, and a private one costs about 1 KiB per client.
-_SHARED_TRAFFIC_STATS = TrafficStats()
-
-
-def _as_class_attribute(value: Any) -> Any:
-    """A callable option must not turn into a method on the class."""
-    return staticmethod(value) if callable(value) else value
-
-
-def _shed_handshake_state(protocol: NanostreamServerProtocol) -> None:
-    """Shrink an open connection to what it still needs (BRIEF §6 memory).
-
-    Autobahn keeps the whole handshake on each connection; with thousands of
-    idle listeners that is much of our memory.  The leftovers go, and the
-    instance dictionary is rebuilt at its new, smaller size.
-    """
-    state = protocol.__dict__
-    for name in _HANDSHAKE_LEFTOVERS:
-        state.pop(name, None)
-    # Only synchronous or chopped sends queue anything, and we make neither:
-    # an immutable empty queue costs nothing and fails loudly if that changes.
-    if not state.get("send_queue"):
-        state["send_queue"] = ()
-    state["trafficStats"] = _SHARED_TRAFFIC_STATS
-    protocol.__dict__ = dict(state)
-
-
-class ReactorTimer:
-    """Autobahn's timer interface on the reactor the factory was given.
-
-    Autobahn schedules its handshake, close and ping timeouts through
-    ``txaio``'s batched timer, which always uses the global reactor and
-    rounds every deadline down to a whole second (a 0.5 s timeout may fire
-    at once).  This one calls ``callLater`` on the given reactor.
-    """
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
-
-    def call_later(
-        self, delay: float, func: Any, *args: Any, **kwargs: Any
-    ) -> IDelayedCall:
-        return self._reactor.callLater(delay, func, *args, **kwargs)
-
-
 class NanostreamServerFactory(WebSocketServerFactory):
     """Builds :class:`NanostreamServerProtocol` s sharing one gate and fan-out."""
 
@@ -426,10 +350,4 @@ class NanostreamServerFactory(WebSocketServerFactory):
         # Autobahn resets allowNullOrigin to False whenever a call omits it.
         options.setdefault("allowNullOrigin", True)
         super().setProtocolOptions(**options)
-        names = NanostreamServerProtocol.CONFIG_ATTRS
-        attributes = {name: _as_class_attribute(getattr(self, name)) for name in names}
-        self.protocol = type(
-            "NanostreamServerProtocol",
-            (NanostreamServerProtocol,),
-            {"CONFIG_ATTRS": (), **attributes},
-        )
+        self.protocol = bind_options(NanostreamServerProtocol, self)

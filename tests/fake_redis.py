@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from nanostream.redis_url import RedisTarget
+from nanostream.redis.url import RedisTarget
 
 TARGET = RedisTarget("127.0.0.1", 6379, channel="feed")
 

@@ -28,7 +28,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.redis_url import RedisTarget, parse_redis_url
+from nanostream.redis.url import RedisTarget, parse_redis_url
 
 ENV_VAR = "NANOSTREAM_TEST_REDIS"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"

@@ -11,11 +11,11 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from nanostream import reasons
-from nanostream.admission import Admission, Refused
-from nanostream.ledger import IImmediateLedger, MemoryLedger
-from nanostream.origins import OriginPolicy
-from nanostream.tokens import AcceptedToken, TokenVerifier
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission, Refused
+from nanostream.auth.ledger import IImmediateLedger, MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import AcceptedToken, TokenVerifier
 
 SECRET = b"admission-unit-test-secret-long-enough-0123456789"
 NOW = 1_700_000_000.0
@@ -70,7 +70,7 @@ class AdmissionTests(SynchronousTestCase):
         return [
             event
             for event in self.events
-            if event.get("log_namespace") == "nanostream.admission"
+            if event.get("log_namespace") == "nanostream.auth.admission"
         ]
 
     def test_valid_token_admitted(self) -> None:
@@ -249,7 +249,9 @@ class ImmediateDecisionTests(SynchronousTestCase):
             (reasons.LEDGER_UNAVAILABLE, 503),
         )
         [event] = [
-            e for e in self.events if e.get("log_namespace") == "nanostream.admission"
+            e
+            for e in self.events
+            if e.get("log_namespace") == "nanostream.auth.admission"
         ]
         self.assertEqual(event["reason"], reasons.LEDGER_UNAVAILABLE)
 

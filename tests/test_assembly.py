@@ -12,9 +12,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, eventAsText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.memory import MemoryTrimmer, StartupFreezer, malloc_trim
-from nanostream.sources.protocol import LineSourceFactory
+from nanostream.ops.memory import MemoryTrimmer, StartupFreezer, malloc_trim
 from nanostream.sources.stdio import StdioSource
+from nanostream.sources.stream import LineSourceFactory
 from nanostream.tap import ServiceOptions, makeService
 from nanostream.websocket import NanostreamServerFactory
 
@@ -154,7 +154,7 @@ class MakeServiceTests(SynchronousTestCase):
         return [
             event
             for event in self.events
-            if event.get("log_namespace") == "nanostream.service"
+            if event.get("log_namespace") == "nanostream.clients"
             and event["log_level"] == LogLevel.warn
         ]
 

@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from test_limits import REQUEST_HEADERS, LimitsTestCase, request
 from test_websocket import NOW, SECRET, rendered
 
-from nanostream import reasons
-from nanostream.tokens import TokenRejected, TokenVerifier
+from nanostream.auth import reasons
+from nanostream.auth.tokens import TokenRejected, TokenVerifier
 from nanostream.websocket import token_values
 
 ATTACKER_KEY = b"an attacker's own HMAC key, as long as a good one: 0123456789abcdef"

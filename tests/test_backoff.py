@@ -5,7 +5,7 @@ from __future__ import annotations
 from fake_redis import FixedRandom
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.backoff import Backoff
+from nanostream.redis.backoff import Backoff
 
 
 class BackoffTests(SynchronousTestCase):

@@ -18,8 +18,9 @@ from typing import Any
 import jwt
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import cli, reasons
-from nanostream.secret import ENV_VAR
+from nanostream.auth import reasons
+from nanostream.auth.secret import ENV_VAR
+from nanostream.cli import main as cli
 
 SECRET = "cli-test-secret-0123456789abcdef-0123456789abcdef-0123"
 
@@ -215,10 +216,10 @@ class CheckTests(CommandTestCase):
 
 
 class PublishFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Makes ``import nanostream.publish`` fail as a missing dependency would."""
+    """Makes ``import nanostream.cli.publish`` fail as a missing dependency would."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name == "nanostream.publish":
+        if name == "nanostream.cli.publish":
             return importlib.machinery.ModuleSpec(name, self)
         return None
 
@@ -231,10 +232,10 @@ class PublishFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 class CommandLineTests(CommandTestCase):
     def without_publish(self) -> None:
-        """Forget any imported nanostream.publish for this test."""
-        saved = sys.modules.pop("nanostream.publish", None)
+        """Forget any imported nanostream.cli.publish for this test."""
+        saved = sys.modules.pop("nanostream.cli.publish", None)
         if saved is not None:
-            self.addCleanup(sys.modules.__setitem__, "nanostream.publish", saved)
+            self.addCleanup(sys.modules.__setitem__, "nanostream.cli.publish", saved)
 
     def test_no_command(self) -> None:
         """Without a subcommand the error is one line."""
@@ -245,30 +246,30 @@ class CommandLineTests(CommandTestCase):
         self.assertIn("token", self.usage_error("mint"))
 
     def test_publish_handed_its_arguments(self) -> None:
-        """``publish`` calls nanostream.publish.main with the rest of argv."""
+        """``publish`` calls nanostream.cli.publish.main with the rest of argv."""
         self.without_publish()
         calls: list[list[str]] = []
-        fake = types.ModuleType("nanostream.publish")
+        fake = types.ModuleType("nanostream.cli.publish")
         fake.main = lambda argv: calls.append(argv) or 7  # type: ignore[attr-defined]
-        sys.modules["nanostream.publish"] = fake
-        self.addCleanup(sys.modules.pop, "nanostream.publish", None)
+        sys.modules["nanostream.cli.publish"] = fake
+        self.addCleanup(sys.modules.pop, "nanostream.cli.publish", None)
         status, _, _ = self.run_cli("publish", "--help", "redis://h/0?channel=c")
         self.assertEqual((status, calls), (7, [["--help", "redis://h/0?channel=c"]]))
 
     def test_publish_missing(self) -> None:
-        """Without nanostream.publish the command says so in one line."""
+        """Without nanostream.cli.publish the command says so in one line."""
         self.without_publish()
-        sys.modules["nanostream.publish"] = None  # type: ignore[assignment]
-        self.addCleanup(sys.modules.pop, "nanostream.publish", None)
+        sys.modules["nanostream.cli.publish"] = None  # type: ignore[assignment]
+        self.addCleanup(sys.modules.pop, "nanostream.cli.publish", None)
         self.assertIn("publish", self.usage_error("publish", "x"))
 
     def test_publish_dependency_missing_is_not_hidden(self) -> None:
-        """A missing dependency of nanostream.publish is raised, not reworded."""
+        """A missing dependency of nanostream.cli.publish is raised, not reworded."""
         self.without_publish()
         finder = PublishFinder()
         sys.meta_path.insert(0, finder)
         self.addCleanup(sys.meta_path.remove, finder)
-        self.addCleanup(sys.modules.pop, "nanostream.publish", None)
+        self.addCleanup(sys.modules.pop, "nanostream.cli.publish", None)
         e = self.assertRaises(ModuleNotFoundError, cli.main, ["publish"], {})
         self.assertEqual(e.name, "redislib")
 

@@ -24,10 +24,10 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.admission import Admission
+from nanostream.auth.admission import Admission
+from nanostream.auth.origins import OriginPolicy
 from nanostream.broadcast import Broadcaster
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
+from nanostream.clients import ClientTracker
 from nanostream.websocket import MAX_CLIENT_MESSAGE_BYTES, NanostreamServerFactory
 
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)

@@ -27,17 +27,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from nanostream import reasons
-from nanostream.admission import Admission
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import TokenRejected, TokenVerifier
 from nanostream.broadcast import Broadcaster, ClientSink
+from nanostream.clients import ClientTracker
 from nanostream.demo.loopback import is_loopback_endpoint, parse_description
 from nanostream.demo.page import LINES_KEPT, PageTokens, demo_site, script_json
-from nanostream.ledger import MemoryLedger
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
-from nanostream.sources.protocol import LineSourceFactory
+from nanostream.sources.stream import LineSourceFactory
 from nanostream.tap import ServiceOptions, makeService
-from nanostream.tokens import TokenRejected, TokenVerifier
 from nanostream.websocket import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     NanostreamServerFactory,

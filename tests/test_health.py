@@ -14,14 +14,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nanostream.admission import Admission
+from nanostream.auth.admission import Admission
+from nanostream.auth.origins import OriginPolicy
 from nanostream.broadcast import Broadcaster
-from nanostream.health import Readiness
-from nanostream.httplog import redacting_site
+from nanostream.clients import ClientTracker
 from nanostream.listening import announced_service
-from nanostream.monitor import monitor_resource, monitor_site
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
+from nanostream.ops.access_log import redacting_site
+from nanostream.ops.health import Readiness
+from nanostream.ops.site import monitor_resource, monitor_site
 from nanostream.sources import SourceStatus
 from nanostream.tap import ServiceOptions, makeService
 

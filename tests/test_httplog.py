@@ -1,4 +1,4 @@
-"""The access log never shows a token (nanostream.httplog)."""
+"""The access log never shows a token (nanostream.ops.access_log)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from nanostream.httplog import redact_uri, redacting_site
+from nanostream.ops.access_log import redact_uri, redacting_site
 
 TOKEN = "abc.def.ghi"
 

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from nanostream.ledger import ILedger, MemoryLedger
+from nanostream.auth.ledger import ILedger, MemoryLedger
 
 
 class MemoryLedgerTests(SynchronousTestCase):

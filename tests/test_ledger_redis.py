@@ -7,9 +7,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from nanostream.backoff import Backoff
-from nanostream.ledger import ILedger
-from nanostream.ledger_redis import LedgerUnavailable, RedisLedger, ledger_key
+from nanostream.auth.ledger import ILedger
+from nanostream.auth.redis_ledger import LedgerUnavailable, RedisLedger, ledger_key
+from nanostream.redis.backoff import Backoff
 
 TOKEN_ID = bytes(range(32))
 EXPIRES_AT = 1_700_000_060.25

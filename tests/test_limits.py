@@ -28,14 +28,14 @@ from twisted.internet.testing import (
 )
 from twisted.logger import LogLevel
 
-from nanostream import reasons
-from nanostream.admission import Admission, Refused
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission, Refused
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import Broadcaster
-from nanostream.ledger import MemoryLedger
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
+from nanostream.clients import ClientTracker
 from nanostream.tap import ServiceOptions, makeService
-from nanostream.tokens import TokenVerifier
 from nanostream.websocket import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_HANDSHAKE_BYTES,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.lines import DEFAULT_MAX_LINE_BYTES, LineSplitter
+from nanostream.sources.splitter import DEFAULT_MAX_LINE_BYTES, LineSplitter
 
 
 def split_all(

@@ -1,4 +1,4 @@
-"""``twistd --logger nanostream.logs.json_observer``: JSON Lines, where twistd logs."""
+"""``twistd --logger nanostream.ops.logs.json_observer``: JSON Lines."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tempfile
 from twisted.logger import Logger, jsonFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.logs import json_observer, open_twistd_log, twistd_log_destination
+from nanostream.ops.logs import json_observer, open_twistd_log, twistd_log_destination
 
 
 class DestinationTests(SynchronousTestCase):
@@ -46,7 +46,7 @@ class DestinationTests(SynchronousTestCase):
 
     def test_logger_option_itself(self) -> None:
         """The --logger option that names us does not confuse the parse."""
-        argv = ["-n", "--logger", "nanostream.logs.json_observer", "nanostream"]
+        argv = ["-n", "--logger", "nanostream.ops.logs.json_observer", "nanostream"]
         self.assertIsNone(twistd_log_destination(argv))
 
 

@@ -26,11 +26,16 @@ from twisted.logger import Logger, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import admission, memory, websocket
-from nanostream.admission import Admission
+from nanostream import websocket
+from nanostream.auth import admission
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import Broadcaster
-from nanostream.ledger import MemoryLedger
-from nanostream.memory import (
+from nanostream.clients import ClientTracker
+from nanostream.ops import memory
+from nanostream.ops.memory import (
     CHECK_INTERVAL,
     MIN_DROP,
     MemoryTrimmer,
@@ -38,9 +43,6 @@ from nanostream.memory import (
     ledger_pruner,
     releaser,
 )
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
-from nanostream.tokens import TokenVerifier
 
 KEY = b"memory-test-secret-that-is-long-enough!!"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)

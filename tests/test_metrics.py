@@ -9,17 +9,17 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import reasons
-from nanostream.admission import Admission
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import Broadcaster, ClientSink, frame
-from nanostream.ledger import MemoryLedger
-from nanostream.memory import MemoryTrimmer
-from nanostream.metrics import ServiceCollector, service_registry
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
+from nanostream.clients import ClientTracker
+from nanostream.ops.memory import MemoryTrimmer
+from nanostream.ops.metrics import ServiceCollector, service_registry
 from nanostream.sources import SourceStatus
-from nanostream.sources.protocol import LineSourceProtocol
-from nanostream.tokens import TokenVerifier
+from nanostream.sources.stream import LineSourceProtocol
 
 SECRET = b"k" * 32
 

@@ -17,11 +17,11 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import reasons
-from nanostream.admission import Admission
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission
+from nanostream.auth.origins import OriginPolicy
 from nanostream.broadcast import Broadcaster
-from nanostream.origins import OriginPolicy
-from nanostream.service import ClientTracker
+from nanostream.clients import ClientTracker
 from nanostream.websocket import NanostreamServerFactory
 
 SERVER = IPv4Address("TCP", "127.0.0.1", 8080)

@@ -14,8 +14,8 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.lines import DEFAULT_MAX_LINE_BYTES
-from nanostream.secret import ENV_VAR
+from nanostream.auth.secret import ENV_VAR
+from nanostream.sources.splitter import DEFAULT_MAX_LINE_BYTES
 from nanostream.tap import Options, ServiceOptions
 
 KEY = "distinctive-secret-value-0xC0FFEE"

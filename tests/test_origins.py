@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.origins import OriginPolicy
+from nanostream.auth.origins import OriginPolicy
 
 
 class OriginPolicyTestCase(SynchronousTestCase):

@@ -21,12 +21,12 @@ from test_websocket import NOW, SECRET
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import reasons
-from nanostream.admission import Admission, Refused
-from nanostream.ledger import MemoryLedger
-from nanostream.lines import LineSplitter
-from nanostream.origins import OriginPolicy
-from nanostream.tokens import TokenRejected, TokenVerifier
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission, Refused
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import TokenRejected, TokenVerifier
+from nanostream.sources.splitter import LineSplitter
 
 settings.register_profile(
     "nanostream",

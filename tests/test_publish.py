@@ -8,9 +8,9 @@ from fake_redis import TARGET, FakeEndpoint, FixedRandom, feed, lose, written
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.backoff import Backoff
-from nanostream.publish import Publisher, PublishFailed, main
-from nanostream.redis_client import ClientProtocol, RedisClientFactory, connect
+from nanostream.cli.publish import Publisher, PublishFailed, main
+from nanostream.redis.backoff import Backoff
+from nanostream.redis.client import ClientProtocol, RedisClientFactory, connect
 
 
 def publishes(data: bytes) -> list[bytes]:

@@ -31,9 +31,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nanostream.ledger_redis import LedgerUnavailable, RedisLedger, ledger_key
-from nanostream.redis_url import RedisTarget, parse_redis_url
-from nanostream.sources.redis import RedisSource
+from nanostream.auth.redis_ledger import LedgerUnavailable, RedisLedger, ledger_key
+from nanostream.redis.url import RedisTarget, parse_redis_url
+from nanostream.sources.redis_channel import RedisSource
 
 #: Bound on every wait for an event.
 TIMEOUT = 15.0
@@ -263,7 +263,7 @@ def run_publish(
     url: str, data: bytes, *args: str, timeout: float = PUBLISH_TIMEOUT
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "nanostream.publish", url, *args],
+        [sys.executable, "-m", "nanostream.cli.publish", url, *args],
         input=data,
         capture_output=True,
         timeout=timeout,

@@ -10,12 +10,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.health import Readiness
-from nanostream.ledger import MemoryLedger
-from nanostream.ledger_redis import RedisLedger
-from nanostream.redis_url import RedisTarget
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.redis_ledger import RedisLedger
+from nanostream.ops.health import Readiness
+from nanostream.redis.url import RedisTarget
 from nanostream.sources import SourceStatus
-from nanostream.sources.redis import RedisSource
+from nanostream.sources.redis_channel import RedisSource
 from nanostream.tap import ServiceOptions, makeService
 
 KEY = "redis-options-test-secret-0123456789abcdef"

@@ -22,8 +22,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.backoff import Backoff
-from nanostream.sources.redis import RedisSource
+from nanostream.redis.backoff import Backoff
+from nanostream.sources.redis_channel import RedisSource
 
 
 class RecordingSink:

@@ -7,7 +7,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.redis_url import (
+from nanostream.redis.url import (
     RedisTarget,
     RedisURLError,
     parse_redis_url,

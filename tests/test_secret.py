@@ -8,7 +8,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.secret import (
+from nanostream.auth.secret import (
     ENV_VAR,
     SecretError,
     load_secret,

@@ -7,7 +7,7 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.broadcast import Broadcaster, ClientSink
-from nanostream.service import CLOSE_GRACE_SECONDS, BroadcastService, ClientTracker
+from nanostream.clients import CLOSE_GRACE_SECONDS, BroadcastService, ClientTracker
 
 
 class ClientTrackerTests(SynchronousTestCase):
@@ -102,7 +102,7 @@ class BroadcastServiceTests(SynchronousTestCase):
 
     def from_service(self) -> list[LogEvent]:
         return [
-            e for e in self.events if e.get("log_namespace") == "nanostream.service"
+            e for e in self.events if e.get("log_namespace") == "nanostream.clients"
         ]
 
     def test_startup_warnings_logged(self) -> None:

@@ -15,8 +15,8 @@ from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nanostream.sources.protocol import LineSourceFactory, LineSourceProtocol
 from nanostream.sources.stdio import StdioSource
+from nanostream.sources.stream import LineSourceFactory, LineSourceProtocol
 
 
 class RecordingSink:
@@ -97,7 +97,7 @@ class LineSourceProtocolTests(CapturingTestCase):
         protocol.dataReceived(b"89\nok\n")
         self.assertEqual(self.sink.lines, [b"ok"])
         self.assertFalse(self.transport.disconnecting)
-        [event] = self.from_module("nanostream.sources.protocol")
+        [event] = self.from_module("nanostream.sources.stream")
         self.assertEqual(event["log_level"], LogLevel.warn)
         self.assertGreater(event["length"], 5)
         self.assertEqual(event["limit"], 5)
@@ -126,7 +126,7 @@ class LineSourceProtocolTests(CapturingTestCase):
         protocol.dataReceived(b"whole\nhalf a li")
         protocol.connectionLost(Failure(ConnectionLost("Connection reset by peer")))
         self.assertEqual(self.sink.batches, [[b"whole"]])
-        [event] = self.from_module("nanostream.sources.protocol")
+        [event] = self.from_module("nanostream.sources.stream")
         self.assertEqual(event["log_level"], LogLevel.warn)
         self.assertEqual(event["length"], len(b"half a li"))
         self.assertEqual(event["source"], "test producer")
@@ -139,7 +139,7 @@ class LineSourceProtocolTests(CapturingTestCase):
         protocol.dataReceived(b"whole\n")
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.sink.batches, [[b"whole"]])
-        self.assertEqual(self.from_module("nanostream.sources.protocol"), [])
+        self.assertEqual(self.from_module("nanostream.sources.stream"), [])
 
 
 class LineSourceFactoryTests(CapturingTestCase):
@@ -174,7 +174,7 @@ class LineSourceFactoryTests(CapturingTestCase):
         first.connectionLost(Failure(ConnectionDone()))
         logged = [
             (event["log_level"], event["producer"], event["producers"])
-            for event in self.from_module("nanostream.sources.protocol")
+            for event in self.from_module("nanostream.sources.stream")
         ]
         self.assertEqual(
             logged,
@@ -197,7 +197,7 @@ class LineSourceFactoryTests(CapturingTestCase):
     def test_unix_producer_named_by_path(self) -> None:
         """A producer on a UNIX socket is logged by the socket's path."""
         self.factory.buildProtocol(UNIXAddress(b"/run/nanostream/in.sock"))
-        [event] = self.from_module("nanostream.sources.protocol")
+        [event] = self.from_module("nanostream.sources.stream")
         self.assertEqual(event["producer"], "/run/nanostream/in.sock")
 
 

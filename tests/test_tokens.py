@@ -11,8 +11,8 @@ from typing import Any
 import jwt
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import tokens
-from nanostream.reasons import (
+from nanostream.auth import tokens
+from nanostream.auth.reasons import (
     EXPIRED,
     INVALID,
     NO_EXPIRATION,
@@ -20,7 +20,7 @@ from nanostream.reasons import (
     NOT_YET_VALID,
     TOO_LONG,
 )
-from nanostream.tokens import AcceptedToken, TokenRejected, TokenVerifier
+from nanostream.auth.tokens import AcceptedToken, TokenRejected, TokenVerifier
 
 SECRET = b"unit-test-secret-long-enough-for-hs512-without-warnings-0123456789"
 NOW = 1_700_000_000.0

@@ -30,13 +30,13 @@ from twisted.logger import LogEvent, eventAsText, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream import reasons
-from nanostream.admission import Admission
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import AcceptedToken, TokenVerifier
 from nanostream.broadcast import Broadcaster
-from nanostream.ledger import MemoryLedger
-from nanostream.origins import OriginPolicy
-from nanostream.service import BroadcastService, ClientTracker
-from nanostream.tokens import AcceptedToken, TokenVerifier
+from nanostream.clients import BroadcastService, ClientTracker
 from nanostream.websocket import (
     MAX_CLIENT_MESSAGE_BYTES,
     NanostreamServerFactory,

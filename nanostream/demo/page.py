@@ -25,7 +25,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from nanostream.demo.upgrade import WebSocketUpgrade, wants_websocket
-from nanostream.httplog import redacting_site
+from nanostream.ops.access_log import redacting_site
 
 #: Lifetime of a page token: long enough to load the page and connect,
 #: short enough that a token copied out of the page is soon worthless.

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from nanostream.sources import LineSink, SourceStatus
 from nanostream.sources.pipe import PipeReader
-from nanostream.sources.protocol import LineSourceProtocol
+from nanostream.sources.stream import LineSourceProtocol
 
 _log = Logger()
 

@@ -58,7 +58,7 @@ class FleetTests(ServiceTestCase):
     def publish(self, redis_url: str, *lines: str) -> None:
         done = subprocess.run(
             [
-                sys.executable, "-m", "nanostream.publish",
+                sys.executable, "-m", "nanostream.cli.publish",
                 f"{redis_url}?channel={self.channel}",
             ],
             input="".join(line + "\n" for line in lines).encode(),

@@ -1,4 +1,4 @@
-"""``twistd --logger nanostream.logs.json_observer``: the real service's JSON log."""
+"""``twistd --logger nanostream.ops.logs.json_observer``: the real JSON log."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class JSONLogTests(SynchronousTestCase):
                 "-n",
                 "--pidfile=",
                 "--logger",
-                "nanostream.logs.json_observer",
+                "nanostream.ops.logs.json_observer",
                 *twistd_options,
                 "nanostream",
                 "--secret-file",

@@ -3,7 +3,7 @@
 The verifier is pure: it takes the token string and the current time and
 either returns what the ledger needs (an identity and an expiry) or raises
 :class:`TokenRejected` with one of the fixed reason phrases.  Single use is
-not checked here; that is the ledger's job (:mod:`nanostream.ledger`).
+not checked here; that is the ledger's job (:mod:`nanostream.auth.ledger`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from jwt.algorithms import HMACAlgorithm
 from jwt.exceptions import InvalidTokenError
 from jwt.utils import base64url_decode
 
-from nanostream.reasons import (
+from nanostream.auth.reasons import (
     EXPIRED,
     INVALID,
     NO_EXPIRATION,

@@ -21,8 +21,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanostream.backoff import Backoff
-from nanostream.redis_url import RedisTarget
+from nanostream.redis.backoff import Backoff
+from nanostream.redis.url import RedisTarget
 
 _log = Logger()
 

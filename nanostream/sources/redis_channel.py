@@ -22,9 +22,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
-from nanostream.backoff import Backoff
-from nanostream.redis_client import RedisClientFactory, RedisConnection, ReportsLoss
-from nanostream.redis_url import RedisTarget
+from nanostream.redis.backoff import Backoff
+from nanostream.redis.client import RedisClientFactory, RedisConnection, ReportsLoss
+from nanostream.redis.url import RedisTarget
 from nanostream.sources import LineSink, SourceStatus
 
 _log = Logger()
@@ -120,7 +120,7 @@ class RedisSource(Service):
             batch, self._batch = self._batch, []
             self._sink.broadcast(batch)
 
-    # -- the connection (nanostream.redis_client.Handler) -----------------------
+    # -- the connection (nanostream.redis.client.Handler) -----------------------
 
     def prepare(self, protocol: SubscriberProtocol) -> Deferred[Any]:
         protocol.source = self

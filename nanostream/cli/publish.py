@@ -38,17 +38,17 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import provider
 
-from nanostream.backoff import Backoff
-from nanostream.lines import DEFAULT_MAX_LINE_BYTES, LineSplitter
 from nanostream.numbers import number_option
-from nanostream.redis_client import (
+from nanostream.redis.backoff import Backoff
+from nanostream.redis.client import (
     ClientProtocol,
     RedisClientFactory,
     RedisUnavailable,
     connect,
     describe,
 )
-from nanostream.redis_url import RedisTarget, RedisURLError, resolve
+from nanostream.redis.url import RedisTarget, RedisURLError, resolve
+from nanostream.sources.splitter import DEFAULT_MAX_LINE_BYTES, LineSplitter
 
 _log = Logger()
 

@@ -20,7 +20,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 
-from nanostream.secret import strip_newline
+from nanostream.auth.secret import strip_newline
 
 DEFAULT_PORT = 6379
 SCHEMES = ("redis", "rediss")

@@ -23,10 +23,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nanostream.backoff import Backoff
-from nanostream.ledger import ILedger
-from nanostream.redis_client import ClientProtocol, RedisClientFactory, RedisConnection
-from nanostream.redis_url import RedisTarget
+from nanostream.auth.ledger import ILedger
+from nanostream.redis.backoff import Backoff
+from nanostream.redis.client import ClientProtocol, RedisClientFactory, RedisConnection
+from nanostream.redis.url import RedisTarget
 
 _log = Logger()
 
@@ -122,7 +122,7 @@ class RedisLedger(Service):
         super().stopService()
         return self._connection.stopService()
 
-    # -- the connection (nanostream.redis_client.Handler) -----------------------
+    # -- the connection (nanostream.redis.client.Handler) -----------------------
 
     def prepare(self, protocol: Any) -> None:
         return None

@@ -36,8 +36,8 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nanostream.ledger import ILedger, MemoryLedger
-from nanostream.service import ClientTracker
+from nanostream.auth.ledger import ILedger, MemoryLedger
+from nanostream.clients import ClientTracker
 
 _log = Logger()
 

@@ -17,10 +17,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanostream import reasons
-from nanostream.ledger import IImmediateLedger, ILedger
-from nanostream.origins import OriginPolicy
-from nanostream.tokens import AcceptedToken, TokenRejected, TokenVerifier
+from nanostream.auth import reasons
+from nanostream.auth.ledger import IImmediateLedger, ILedger
+from nanostream.auth.origins import OriginPolicy
+from nanostream.auth.tokens import AcceptedToken, TokenRejected, TokenVerifier
 
 _log = Logger()
 

@@ -1,6 +1,6 @@
 """The ``--metrics`` site: ``/metrics``, ``/healthz`` and ``/readyz``.
 
-Served by a :func:`~nanostream.httplog.redacting_site`, so its access log
+Served by a :func:`~nanostream.ops.access_log.redacting_site`, so its access log
 follows the same rule as every other: no token in any line.
 """
 
@@ -16,14 +16,14 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from nanostream.admission import Admission
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import ILedger
 from nanostream.broadcast import Broadcaster
-from nanostream.health import Liveness, Readiness, ReadinessPage
-from nanostream.httplog import redacting_site
-from nanostream.ledger import ILedger
-from nanostream.memory import MemoryTrimmer
-from nanostream.metrics import ServiceCollector, service_registry
-from nanostream.service import ClientTracker
+from nanostream.clients import ClientTracker
+from nanostream.ops.access_log import redacting_site
+from nanostream.ops.health import Liveness, Readiness, ReadinessPage
+from nanostream.ops.memory import MemoryTrimmer
+from nanostream.ops.metrics import ServiceCollector, service_registry
 from nanostream.sources import SourceStatus
 
 

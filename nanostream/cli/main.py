@@ -2,8 +2,8 @@
 
 ``nanostream token`` mints a token the way an application server should;
 ``nanostream check TOKEN`` says whether this server's rules accept one;
-``nanostream publish`` writes lines to a Redis channel (:mod:`nanostream.publish`).
-The secret is read exactly as the service reads it (:mod:`nanostream.secret`),
+``nanostream publish`` writes lines to a Redis channel (:mod:`nanostream.cli.publish`).
+The secret is read exactly as the service reads it (:mod:`nanostream.auth.secret`),
 and no output, error included, ever shows it.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, NoReturn
 
 import jwt
 
-from nanostream.secret import ENV_VAR, SecretError, load_secret
-from nanostream.tokens import TokenRejected, TokenVerifier
+from nanostream.auth.secret import ENV_VAR, SecretError, load_secret
+from nanostream.auth.tokens import TokenRejected, TokenVerifier
 
 #: Exit statuses: 1 is "check says no", 2 any usage or setup error.
 REFUSED = 1
@@ -210,9 +210,9 @@ def _check(arguments: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _publish(argv: list[str]) -> int:
     try:
-        publish = importlib.import_module("nanostream.publish")
+        publish = importlib.import_module("nanostream.cli.publish")
     except ModuleNotFoundError as e:
-        if e.name != "nanostream.publish":
+        if e.name != "nanostream.cli.publish":
             raise
         raise UsageError("publish is not available in this installation") from None
     return publish.main(argv)

@@ -2,8 +2,9 @@
 
 ::
 
-    twistd -n --logger nanostream.logs.json_observer nanostream ...
-    twistd --logger nanostream.logs.json_observer --logfile /var/log/nanostream.json \\
+    twistd -n --logger nanostream.ops.logs.json_observer nanostream ...
+    twistd --logger nanostream.ops.logs.json_observer \\
+        --logfile /var/log/nanostream.json \\
         nanostream --source unix:/run/nanostream/in.sock ...
 
 Every event keeps its fields as JSON members (a refused handshake has

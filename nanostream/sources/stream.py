@@ -10,8 +10,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanostream.lines import LineSplitter
 from nanostream.sources import LineSink, SourceStatus
+from nanostream.sources.splitter import LineSplitter
 
 _log = Logger()
 

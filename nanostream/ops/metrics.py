@@ -22,12 +22,12 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.interfaces import IReactorTime
 
-from nanostream import reasons
-from nanostream.admission import Admission
+from nanostream.auth import reasons
+from nanostream.auth.admission import Admission
+from nanostream.auth.ledger import ILedger
 from nanostream.broadcast import Broadcaster
-from nanostream.ledger import ILedger
-from nanostream.memory import MemoryTrimmer
-from nanostream.service import ClientTracker
+from nanostream.clients import ClientTracker
+from nanostream.ops.memory import MemoryTrimmer
 from nanostream.sources import SourceStatus
 
 PREFIX = "nanostream_"

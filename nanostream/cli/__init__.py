@@ -1,0 +1,1 @@
+"""The ``nanostream`` command: ``token``, ``check`` and ``publish``."""

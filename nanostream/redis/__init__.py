@@ -1,0 +1,1 @@
+"""Talking to Redis: URLs, one kept-up connection with backoff, the publisher."""
