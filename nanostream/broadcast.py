@@ -1,33 +1,36 @@
-"""Fans lines out to every open client: the hot path (BRIEF §4).
+"""Fans lines out to every open client: the hot path.
 
-Each batch of lines that arrived together is framed once, joined into one
-buffer, and written once per client.  Nothing waits to gather a batch:
-a batch is exactly what one read from the source produced.
+Each batch of lines that arrived together is framed once per mode, joined
+into one buffer, and written once per client.  Nothing waits to gather a
+batch: a batch is exactly what one read from the source produced.
 
-Each client's sink knows, through Twisted's producer signals, how many of
-our bytes its transport still holds (see :class:`SocketSink` for plain
-sockets, :class:`ClientSink` for the rest).  Past ``max_buffer_bytes`` the
-client is a slow consumer and is dropped, so it never stalls the source,
-the other clients, or grows our memory beyond the bound.
+Clients come in two modes.  *Raw* clients get each line as it is; clients
+of the ``nanostream.v1`` subprotocol get ``<id> <line>`` and text notices
+that start with ``!`` (docs/resume.rst).  Every line gets its id here, as
+it is read, and is held in the :class:`~nanostream.resume.history.History`
+for clients that resume; a resuming client is fed by a
+:class:`~nanostream.resume.replay.Replay` until it joins the live set.
+
+A client whose sink holds more than ``max_buffer_bytes`` unsent is a slow
+consumer and is dropped, so it never stalls the source, the other clients,
+or grows our memory beyond the bound.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from autobahn.websocket.protocol import PreparedMessage
-from twisted.internet.interfaces import (
-    IConsumer,
-    IPullProducer,
-    IPushProducer,
-    IReactorTime,
-    ISSLTransport,
-    ISystemHandle,
-)
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import implementer
+
+from nanostream.resume.history import History
+from nanostream.resume.ids import format_key, key, parse_id
+from nanostream.sinks import ClientSink
+
+if TYPE_CHECKING:
+    from nanostream.resume.replay import Archive, Replay, Turns
 
 DEFAULT_MAX_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -50,134 +53,31 @@ def frame(line: bytes) -> bytes:
     return PreparedMessage(line, not is_text(line), False, True).payloadHybi
 
 
-class Client(Protocol):
-    """What the broadcaster needs from a connection besides its write."""
+def frame_with_ids(keys: Iterable[int], lines: Iterable[bytes]) -> bytes:
+    """The ``nanostream.v1`` frames of a batch: ``<id> <line>`` each.
 
-    def dropSlowConsumer(self, unsent: int) -> None:
-        """Close at once: ``unsent`` bytes are waiting and that is too many."""
-
-    def goAway(self) -> None:
-        """Close politely: the service is stopping."""
-
-
-@implementer(IPushProducer)
-class ClientSink:
-    """One client as the broadcaster sees it, over any transport (TLS too).
-
-    Registered as the *push* producer of the client's transport, which
-    pauses it when its buffer passes 64 KiB and resumes it once the buffer
-    has drained completely.  Bytes written while paused count as unsent.
+    The id is ASCII, so a message is text exactly when its line is.
     """
-
-    __slots__ = ("transport_write", "paused", "unsent", "client")
-
-    #: How the sink registers with its transport (see IConsumer).
-    streaming = True
-
-    def __init__(
-        self, transport_write: Callable[[bytes], None], client: Client
-    ) -> None:
-        self.transport_write = transport_write
-        self.client = client
-        self.paused = False
-        self.unsent = 0
-
-    def attach(self, consumer: IConsumer) -> None:
-        """Become the producer of ``consumer``, the client's transport."""
-        consumer.registerProducer(self, self.streaming)
-
-    def send(self, data: bytes) -> int:
-        """Write ``data``; return the bytes now counted as unsent."""
-        self.transport_write(data)
-        if self.paused:
-            self.unsent += len(data)
-        return self.unsent
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.unsent = 0
-
-    def stopProducing(self) -> None:
-        self.paused = True
+    return b"".join(
+        [
+            PreparedMessage(
+                format_key(k) + b" " + line, not is_text(line), False, True
+            ).payloadHybi
+            for k, line in zip(keys, lines, strict=True)
+        ]
+    )
 
 
-@implementer(IPullProducer)
-class SocketSink(ClientSink):
-    """A client on a plain socket: the fast path.
-
-    While the transport holds none of our bytes we hand each batch straight
-    to the kernel with one ``send``; Twisted's buffer (and its pair of epoll
-    calls per write) only takes what the kernel would not.  As a *pull*
-    producer the sink hears ``resumeProducing`` exactly when that buffer has
-    drained, so ``unsent`` is the transport's true backlog and ordering is
-    kept: nothing bypasses bytes already queued.  Every write of the
-    connection, Autobahn's pings and close frames included, must go
-    through :meth:`send` once the sink exists.
-    """
-
-    __slots__ = ("socket_send",)
-
-    streaming = False
-
-    def __init__(
-        self,
-        transport_write: Callable[[bytes], None],
-        socket_send: Callable[[bytes], int],
-        client: Client,
-    ) -> None:
-        super().__init__(transport_write, client)
-        self.socket_send = socket_send
-        # The handshake response may still sit in the transport's buffer;
-        # queue behind it until the transport reports a drain.
-        self.unsent = 1
-
-    def attach(self, consumer: IConsumer) -> None:
-        """Register, and still queue until the transport reports a drain.
-
-        Twisted resumes a pull producer the moment it is registered, while
-        the handshake response still waits in the transport's buffer; taken
-        for a drain, that call would let lines overtake the response.
-        """
-        consumer.registerProducer(self, self.streaming)
-        self.unsent = 1
-
-    def send(self, data: bytes) -> int:
-        if self.unsent:
-            self.transport_write(data)
-            self.unsent += len(data)
-            return self.unsent
-        try:
-            sent = self.socket_send(data)
-        except OSError:
-            # Full (EAGAIN) or broken: the transport queues the bytes and,
-            # if the connection is gone, finds out and closes it properly.
-            sent = 0
-        if sent < len(data):
-            rest = data[sent:]
-            self.transport_write(rest)
-            self.unsent = len(rest)
-        return self.unsent
-
-    def resumeProducing(self) -> None:
-        self.unsent = 0
-
-    def stopProducing(self) -> None:
-        self.unsent = 1
+def notice(*words: bytes) -> bytes:
+    """A ``nanostream.v1`` notice frame: ``!gap A B``, ``!live``."""
+    return frame(b" ".join(words))
 
 
-def sink_for(transport: Any, client: Client) -> ClientSink:
-    """The fast socket sink for plain TCP/UNIX connections, else the generic one.
-
-    TLS connections must go through their transport, which encrypts.
-    """
-    if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
-        handle = transport.getHandle()
-        if isinstance(handle, socket.socket):
-            return SocketSink(transport.write, handle.send, client)
-    return ClientSink(transport.write, client)
+def gap_notice(last: int | None, next_key: int) -> bytes:
+    """``!gap <last> <next>``: the source lost the lines between the two."""
+    return notice(
+        b"!gap", b"-" if last is None else format_key(last), format_key(next_key)
+    )
 
 
 class Broadcaster:
@@ -191,61 +91,174 @@ class Broadcaster:
         self,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         clock: IReactorTime | None = None,
+        history: History | None = None,
     ) -> None:
+        """
+        :param history: where read lines are held for resuming clients;
+            by default the standard bounds.
+        """
         if clock is None:
             from twisted.internet import reactor as clock
         self.max_buffer_bytes = max_buffer_bytes
-        self._sinks: set[ClientSink] = set()
+        self.history = History() if history is None else history
+        #: The source's archive, for resumes older than the history.
+        self.archive: Archive | None = None
+        self.clock = clock
+        self._raw: set[ClientSink] = set()
+        self._v1: set[ClientSink] = set()
+        self._replays: dict[ClientSink, Replay] = {}
+        self._turns: Turns | None = None
         self._seconds = clock.seconds
+        # A source without ids of its own numbers lines <start ms>-<n>.
+        self._base = key(int(clock.seconds() * 1000), 0)
+        self._seq = 0
+        #: The id of the last line read, None before the first.
+        self.last_key: int | None = None
+        # v1 clients owed "!gap" before the next line, and its <last>.
+        self._gap_owed: set[ClientSink] | None = None
+        self._gap_last: int | None = None
         self.lines_received = 0
         self.messages_delivered = 0
         self.bytes_delivered = 0
         self.slow_consumers_dropped = 0
+        self.source_gaps = 0
+        #: Resumes by outcome, and lines written by replays.
+        self.resumes_exact = 0
+        self.resumes_gap = 0
+        self.lines_replayed = 0
         #: When the last line arrived; until then, when we were built.
         self.last_line_at: float = clock.seconds()
 
     def __len__(self) -> int:
-        return len(self._sinks)
+        return len(self._raw) + len(self._v1) + len(self._replays)
 
-    def add(self, sink: ClientSink) -> None:
-        self._sinks.add(sink)
+    def add(self, sink: ClientSink, *, with_ids: bool = False) -> None:
+        """Join the live feed: raw, or ``nanostream.v1`` with ``with_ids``."""
+        (self._v1 if with_ids else self._raw).add(sink)
+
+    def resume(self, sink: ClientSink, since: bytes) -> None:
+        """Replay what ``sink``'s client missed after ``since``, then go live."""
+        from nanostream.resume.replay import Replay, Turns
+
+        if self._turns is None:
+            self._turns = Turns(self.clock)
+        replay = Replay(self, sink, since, self._turns)
+        self._replays[sink] = replay
+        replay.start()
 
     def remove(self, sink: ClientSink) -> None:
-        self._sinks.discard(sink)
+        self._raw.discard(sink)
+        self._v1.discard(sink)
+        replay = self._replays.pop(sink, None)
+        if replay is not None:
+            replay.cancel()
+
+    def went_live(self, sink: ClientSink, owes_gap: bool) -> None:
+        """A replay caught up: ``sink`` joins the v1 live set in this turn."""
+        del self._replays[sink]
+        self._v1.add(sink)
+        if owes_gap:
+            self._owe_gap({sink})
 
     def close_all(self) -> None:
         """Ask every client to go away (at shutdown) and forget them."""
-        sinks = list(self._sinks)
-        self._sinks.clear()
+        sinks = [*self._raw, *self._v1, *self._replays]
+        self._raw.clear()
+        self._v1.clear()
+        for replay in self._replays.values():
+            replay.cancel()
+        self._replays.clear()
         for sink in sinks:
             try:
                 sink.client.goAway()
             except Exception:
                 _log.failure("could not close a client")
 
-    def broadcast(self, lines: Sequence[bytes]) -> None:
-        """Deliver a batch of lines, in order, to every registered client."""
+    def drop(self, sink: ClientSink) -> None:
+        """Drop a client that cannot keep up."""
+        self.slow_consumers_dropped += 1
+        self.remove(sink)
+        sink.client.dropSlowConsumer(sink.unsent)
+
+    def source_gap(self) -> None:
+        """The source lost lines: tell v1 clients, close raw ones.
+
+        v1 clients get ``!gap <last> <next>`` just before the next line;
+        raw clients cannot be told in-band, so they are closed now.
+        """
+        self.source_gaps += 1
+        self.history.mark_gap(self.last_key)
+        if self._gap_owed is None:
+            self._gap_last = self.last_key
+        self._owe_gap(set(self._v1))
+        raw = list(self._raw)
+        self._raw.clear()
+        _log.warn(
+            "the source lost lines after {last}; closing {raw} raw clients",
+            last=(
+                b"-" if self.last_key is None else format_key(self.last_key)
+            ).decode(),
+            raw=len(raw),
+        )
+        for sink in raw:
+            try:
+                sink.client.closeForGap()
+            except Exception:
+                _log.failure("could not close a client")
+
+    def _owe_gap(self, sinks: set[ClientSink]) -> None:
+        if self._gap_owed is None:
+            self._gap_owed = sinks
+        else:
+            self._gap_owed |= sinks
+
+    def broadcast(
+        self, lines: Sequence[bytes], ids: Sequence[bytes] | None = None
+    ) -> None:
+        """Deliver a batch of lines, in order, to every live client.
+
+        :param ids: the lines' ids when the source has its own (a Redis
+            stream's entry ids); else they are numbered here.
+        """
         count = len(lines)
         if not count:
             return
         self.lines_received += count
         self.last_line_at = self._seconds()
-        clients = len(self._sinks)
-        if not clients:
-            return
-        data = b"".join([frame(line) for line in lines])
-        size = len(data)
+        keys: Sequence[int]
+        if ids is None:
+            first = self._base + self._seq + 1
+            self._seq += count
+            keys = range(first, first + count)
+        else:
+            keys = [parse_id(i) for i in ids]
+        self.history.extend(keys, lines)
+        self.last_key = keys[-1]
+        if self._raw:
+            self._fan_out(self._raw, b"".join([frame(line) for line in lines]), count)
+        owed = self._gap_owed
+        if owed is not None:
+            self._gap_owed = None
+            self._send_gap(owed, keys[0])
+        if self._v1:
+            self._fan_out(self._v1, frame_with_ids(keys, lines), count)
+
+    def _send_gap(self, owed: set[ClientSink], next_key: int) -> None:
+        data = gap_notice(self._gap_last, next_key)
+        for sink in owed & self._v1:
+            sink.send(data)
+
+    def _fan_out(self, sinks: set[ClientSink], data: bytes, count: int) -> None:
+        clients = len(sinks)
         self.messages_delivered += count * clients
-        self.bytes_delivered += size * clients
+        self.bytes_delivered += len(data) * clients
         limit = self.max_buffer_bytes
         slow = None
-        for sink in self._sinks:
+        for sink in sinks:
             if sink.send(data) > limit:
                 if slow is None:
                     slow = []
                 slow.append(sink)
         if slow is not None:
-            self.slow_consumers_dropped += len(slow)
             for sink in slow:
-                self._sinks.discard(sink)
-                sink.client.dropSlowConsumer(sink.unsent)
+                self.drop(sink)

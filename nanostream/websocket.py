@@ -32,8 +32,9 @@ from nanostream.autobahn_overrides import (
     bind_options,
     shed_handshake_state,
 )
-from nanostream.broadcast import Broadcaster, ClientSink, sink_for
+from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
+from nanostream.sinks import ClientSink, sink_for
 
 _log = Logger()
 
@@ -45,6 +46,13 @@ UNAUTHORIZED = 401
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 
 GOING_AWAY = 1001
+
+#: The close code for a raw client when the source lost lines: it cannot be
+#: told in-band, and must not stay connected silently missing them.
+SOURCE_LOST_LINES = 1011
+
+#: The subprotocol whose clients get ids, notices and resume.
+SUBPROTOCOL = "nanostream.v1"
 
 #: Seconds a connection may take to complete its opening handshake
 #: (``--handshake-timeout``); a slow or silent client is dropped after it.
@@ -73,26 +81,39 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
 
     factory: NanostreamServerFactory
     _sink: ClientSink | None = None
+    #: Set on ``nanostream.v1`` clients only, so raw ones carry nothing more.
+    _with_ids = False
+    _since: bytes | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any] | None:
         """Admit or refuse; at once when the ledger answers at once."""
         try:
-            tokens = token_values(self.http_request_uri)
+            query = query_values(self.http_request_uri)
+            with_ids = SUBPROTOCOL in request.protocols
+            since = query.get("since", ())
             decision = self.factory.admission.decide(
-                request.peer, request.origin or None, tokens
+                request.peer,
+                request.origin or None,
+                query.get("t", []),
+                since=since,
+                with_ids=with_ids,
             )
         except Refused as refused:
             raise ConnectionDeny(refused.status, refused.reason) from None
         except Exception:
             _log.failure("admission failed", peer=request.peer)
             raise _internal_error() from None
+        if with_ids:
+            self._with_ids = True
+            if since:
+                self._since = since[0].encode("ascii")
         if isinstance(decision, Deferred):
             decision.addCallbacks(self._admitted, self._deny)
             return decision
-        # Autobahn would take a returned value for a subprotocol.
-        return None
+        # Autobahn takes a returned string for the selected subprotocol.
+        return SUBPROTOCOL if with_ids else None
 
-    def _admitted(self, _: object) -> None:
+    def _admitted(self, _: object) -> str | None:
         """Open only a connection that is still there.
 
         A ledger that answers later (Redis) may answer after the client left
@@ -101,6 +122,7 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         """
         if self.state == _CLOSED:
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "Gone")
+        return SUBPROTOCOL if self._with_ids else None
 
     def _deny(self, failure: Failure) -> None:
         if failure.check(Refused):
@@ -204,7 +226,12 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         self.factory.tracker.opened()
         self._sink = sink
         broadcaster = self.factory.broadcaster
-        broadcaster.add(sink)
+        since = self._since
+        if since is None:
+            broadcaster.add(sink, with_ids=self._with_ids)
+        else:
+            del self._since
+            broadcaster.resume(sink, since)
         _log.info(
             "client connected: {peer} ({clients} clients)",
             peer=self.peer,
@@ -274,6 +301,10 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         self.wasNotCleanReason = "slow consumer"
         self.dropConnection(abort=True)
 
+    def closeForGap(self) -> None:
+        """Close a raw client: the source lost lines it cannot be told of."""
+        self.sendCloseFrame(SOURCE_LOST_LINES, b"the source lost lines")
+
     def goAway(self) -> None:
         """Close this client because the service is stopping (1001)."""
         # sendClose() only admits the codes an application may choose;
@@ -281,13 +312,13 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
 
 
-def token_values(uri: str) -> list[str]:
-    """Every value of ``t`` in the request's query, empty ones included.
+def query_values(uri: str) -> dict[str, list[str]]:
+    """Every value of every query parameter, empty ones included.
 
     Autobahn's ``request.params`` drops empty values, so ``?t=&t=TOKEN``
-    would pass for one token where BRIEF §3 asks for exactly one.
+    would pass for one token where exactly one is required.
     """
-    return parse_qs(urlsplit(uri).query, keep_blank_values=True).get("t", [])
+    return parse_qs(urlsplit(uri).query, keep_blank_values=True)
 
 
 class NanostreamServerFactory(WebSocketServerFactory):

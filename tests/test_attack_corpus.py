@@ -43,7 +43,7 @@ from test_websocket import NOW, SECRET, rendered
 
 from nanostream.auth import reasons
 from nanostream.auth.tokens import TokenRejected, TokenVerifier
-from nanostream.websocket import token_values
+from nanostream.websocket import query_values
 
 ATTACKER_KEY = b"an attacker's own HMAC key, as long as a good one: 0123456789abcdef"
 ALLOWED = ("https://app.example.com", "https://*.example.org")
@@ -487,7 +487,7 @@ ALWAYS_VERIFY = {
 
 def verifies(query: str) -> bool:
     """Whether the server's verifier would accept the one ``t`` in ``query``."""
-    values = token_values("/?" + query)
+    values = query_values("/?" + query).get("t", [])
     if len(values) != 1:
         return False
     try:

@@ -10,7 +10,8 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from nanostream.broadcast import Broadcaster, ClientSink, frame, is_text
+from nanostream.broadcast import Broadcaster, frame, is_text
+from nanostream.sinks import ClientSink
 
 TEXT = 0x81
 BINARY = 0x82

@@ -32,10 +32,11 @@ from nanostream.auth.admission import Admission
 from nanostream.auth.ledger import MemoryLedger
 from nanostream.auth.origins import OriginPolicy
 from nanostream.auth.tokens import TokenRejected, TokenVerifier
-from nanostream.broadcast import Broadcaster, ClientSink
+from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
 from nanostream.demo.loopback import is_loopback_endpoint, parse_description
 from nanostream.demo.page import LINES_KEPT, PageTokens, demo_site, script_json
+from nanostream.sinks import ClientSink
 from nanostream.sources.stream import LineSourceFactory
 from nanostream.tap import ServiceOptions, makeService
 from nanostream.websocket import (

@@ -14,10 +14,11 @@ from nanostream.auth.admission import Admission
 from nanostream.auth.ledger import MemoryLedger
 from nanostream.auth.origins import OriginPolicy
 from nanostream.auth.tokens import TokenVerifier
-from nanostream.broadcast import Broadcaster, ClientSink, frame
+from nanostream.broadcast import Broadcaster, frame
 from nanostream.clients import ClientTracker
 from nanostream.ops.memory import MemoryTrimmer
 from nanostream.ops.metrics import ServiceCollector, service_registry
+from nanostream.sinks import ClientSink
 from nanostream.sources import SourceStatus
 from nanostream.sources.stream import LineSourceProtocol
 

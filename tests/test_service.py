@@ -6,8 +6,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.broadcast import Broadcaster, ClientSink
+from nanostream.broadcast import Broadcaster
 from nanostream.clients import CLOSE_GRACE_SECONDS, BroadcastService, ClientTracker
+from nanostream.sinks import ClientSink
 
 
 class ClientTrackerTests(SynchronousTestCase):

@@ -9,7 +9,8 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.broadcast import Broadcaster, SocketSink
+from nanostream.broadcast import Broadcaster
+from nanostream.sinks import SocketSink
 
 
 class Peer:

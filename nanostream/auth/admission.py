@@ -21,6 +21,7 @@ from nanostream.auth import reasons
 from nanostream.auth.ledger import IImmediateLedger, ILedger
 from nanostream.auth.origins import OriginPolicy
 from nanostream.auth.tokens import AcceptedToken, TokenRejected, TokenVerifier
+from nanostream.resume.ids import parse_id
 
 _log = Logger()
 
@@ -72,16 +73,26 @@ class Admission:
         return maybeDeferred(self.decide, peer, origin, tokens)
 
     def decide(
-        self, peer: str, origin: str | None, tokens: Sequence[str]
+        self,
+        peer: str,
+        origin: str | None,
+        tokens: Sequence[str],
+        *,
+        since: Sequence[str] = (),
+        with_ids: bool = False,
     ) -> AcceptedToken | None | Deferred[AcceptedToken | None]:
         """:meth:`admit`, answered at once when the ledger can answer at once.
 
         Returns the accepted token (None without auth), raises
         :class:`Refused`, or returns a Deferred when the ledger must be asked
         over the network (Redis).
+
+        :param since: every value of the ``since`` query parameter.
+        :param with_ids: whether the client asked for ``nanostream.v1``,
+            without which it cannot resume.
         """
         try:
-            accepted = self._verified(origin, tokens)
+            accepted = self._verified(origin, tokens, since, with_ids)
         except Refused as e:
             self._log_refusal(e, peer, origin)
             raise
@@ -104,11 +115,17 @@ class Admission:
         return d
 
     def _verified(
-        self, origin: str | None, tokens: Sequence[str]
+        self,
+        origin: str | None,
+        tokens: Sequence[str],
+        since: Sequence[str],
+        with_ids: bool,
     ) -> AcceptedToken | None:
-        """Every check before single use, in the brief's order; raises Refused."""
+        """Every check before single use, in order; raises Refused."""
         if not self._origins.allows(origin):
             raise Refused(reasons.ORIGIN_NOT_ALLOWED)
+        if since and not _resumable(since, with_ids):
+            raise Refused(reasons.BAD_RESUME)
         if self._full is not None and self._full():
             raise Refused(reasons.TOO_MANY_CLIENTS)
         if self._verifier is None:
@@ -170,3 +187,14 @@ class Admission:
             peer=peer,
             origin=origin,
         )
+
+
+def _resumable(since: Sequence[str], with_ids: bool) -> bool:
+    """One well-formed resume position, asked with the subprotocol that has ids."""
+    if not with_ids or len(since) != 1:
+        return False
+    try:
+        parse_id(since[0])
+    except ValueError:
+        return False
+    return True

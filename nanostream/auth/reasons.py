@@ -13,6 +13,10 @@ HEADERS_TOO_LARGE = "request headers too large"
 #: Autobahn's own status is kept where it chose another (405, 426, 505).
 MALFORMED = "malformed request"
 ORIGIN_NOT_ALLOWED = "origin not allowed"
+#: ``since`` is not ``<digits>-<digits>`` (each part at most 2**64 - 1), is
+#: given more than once, or comes without the ``nanostream.v1`` subprotocol.
+#: Checked before the token, which stays unused.
+BAD_RESUME = "bad resume position"
 #: ``--max-clients`` are open already; checked before the token, which stays
 #: unused, so the client may retry with it.
 TOO_MANY_CLIENTS = "too many clients"
@@ -32,6 +36,7 @@ REASONS = (
     HEADERS_TOO_LARGE,
     MALFORMED,
     ORIGIN_NOT_ALLOWED,
+    BAD_RESUME,
     TOO_MANY_CLIENTS,
     NO_TOKEN,
     INVALID,
@@ -51,6 +56,7 @@ STATUS = {reason: 401 for reason in REASONS} | {
     HEADERS_TOO_LARGE: 431,
     MALFORMED: 400,
     ORIGIN_NOT_ALLOWED: 403,
+    BAD_RESUME: 400,
     TOO_MANY_CLIENTS: 503,
     LEDGER_UNAVAILABLE: 503,
 }
