@@ -34,6 +34,11 @@ from nanostream.ops.memory import (
     releaser,
 )
 from nanostream.redis.url import RedisURLError, resolve
+from nanostream.resume.history import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_LINES,
+    History,
+)
 from nanostream.sources import SourceStatus
 from nanostream.sources.splitter import DEFAULT_MAX_LINE_BYTES
 from nanostream.sources.stdio import StdioSource
@@ -86,6 +91,8 @@ class ServiceOptions(usage.Options):
         self["handshake-timeout"] = DEFAULT_HANDSHAKE_TIMEOUT
         self["max-handshake-bytes"] = DEFAULT_MAX_HANDSHAKE_BYTES
         self["max-clients"] = 0
+        self["history-lines"] = DEFAULT_HISTORY_LINES
+        self["history-bytes"] = DEFAULT_HISTORY_BYTES
         self["metrics"] = None
         self["ledger"] = None
         self["ledger-prefix"] = "nanostream:used:"
@@ -180,6 +187,14 @@ class ServiceOptions(usage.Options):
         """Refuse handshakes (503) while this many clients are open,
         0 for no limit [default: 0]."""
         self["max-clients"] = number_option(int, "--max-clients", 0)(value)
+
+    def opt_history_lines(self, value: str) -> None:
+        """Lines kept for clients that resume, 0 for none [default: 10000]."""
+        self["history-lines"] = number_option(int, "--history-lines", 0)(value)
+
+    def opt_history_bytes(self, value: str) -> None:
+        """Bytes of lines kept for clients that resume [default: 16777216]."""
+        self["history-bytes"] = number_option(int, "--history-bytes", 0)(value)
 
     def opt_metrics(self, description: str) -> None:
         """Endpoint serving Prometheus /metrics, /healthz and /readyz [default: off]."""
@@ -349,7 +364,8 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
         from twisted.internet import reactor
 
     key = options["key"]
-    broadcaster = Broadcaster(options["max-buffer-bytes"], reactor)
+    history = History(options["history-lines"], options["history-bytes"])
+    broadcaster = Broadcaster(options["max-buffer-bytes"], reactor, history)
     tracker = ClientTracker(options["max-clients"])
     verifier = (
         None
