@@ -18,6 +18,7 @@ from nanostream.broadcast import Broadcaster, frame
 from nanostream.clients import ClientTracker
 from nanostream.ops.memory import MemoryTrimmer
 from nanostream.ops.metrics import ServiceCollector, service_registry
+from nanostream.resume.ids import format_key
 from nanostream.sinks import ClientSink
 from nanostream.sources import SourceStatus
 from nanostream.sources.stream import LineSourceProtocol
@@ -214,6 +215,23 @@ class CollectorTests(SynchronousTestCase):
         )
         self.assertEqual(samples["nanostream_slow_consumers_dropped_total"][()], 0.0)
         self.assertEqual(samples["nanostream_source_connected"][()], 1.0)
+
+    def test_resume_metrics(self) -> None:
+        """History size, resumes by outcome, replayed lines and source gaps."""
+        self.broadcaster.broadcast([b"abc", b"defg"])
+        first = self.broadcaster.last_key
+        assert first is not None
+        exact, gap = QuietClient(), QuietClient()
+        self.broadcaster.resume(exact.sink, format_key(first - 1))
+        self.broadcaster.resume(gap.sink, b"1-1")
+        self.broadcaster.source_gap()
+        samples = scrape(self.collector)
+        self.assertEqual(samples["nanostream_history_lines"][()], 2.0)
+        self.assertEqual(samples["nanostream_history_bytes"][()], 7.0)
+        resumes = samples["nanostream_resumes_total"]
+        self.assertEqual(resumes, {("exact",): 1.0, ("gap",): 1.0})
+        self.assertEqual(samples["nanostream_lines_replayed_total"][()], 3.0)
+        self.assertEqual(samples["nanostream_source_gaps_total"][()], 1.0)
 
     def test_source_disconnected(self) -> None:
         """The source gauge is 0 while the source is down."""

@@ -86,12 +86,19 @@ class ServiceCollector:
                 0.0, self._clock.seconds() - broadcaster.last_line_at
             ),
             "memory_releases": 0 if self._trimmer is None else self._trimmer.releases,
+            "history_lines": len(broadcaster.history),
+            "history_bytes": broadcaster.history.bytes,
+            "lines_replayed": broadcaster.lines_replayed,
+            "source_gaps": broadcaster.source_gaps,
         }
         for name, kind, documentation in _METRICS:
             family = _family(name, kind, documentation)
             if name == REJECTED:
                 for reason, count in self._refusals().items():
                     family.add_metric([reason], count)
+            elif name == RESUMES:
+                family.add_metric(["exact"], broadcaster.resumes_exact)
+                family.add_metric(["gap"], broadcaster.resumes_gap)
             else:
                 family.add_metric([], values[name])
             yield family
@@ -104,6 +111,10 @@ class ServiceCollector:
 
 
 REJECTED = "handshakes_rejected"
+RESUMES = "resumes"
+
+#: The label of each labelled family.
+_LABELS = {REJECTED: ["reason"], RESUMES: ["outcome"]}
 
 #: name, kind, help text; prometheus_client adds ``_total`` to counters.
 _METRICS = (
@@ -154,13 +165,27 @@ _METRICS = (
         "counter",
         "Times freed memory was handed back to the system after clients left.",
     ),
+    ("history_lines", "gauge", "Lines held for clients that resume."),
+    ("history_bytes", "gauge", "Bytes of the lines held for clients that resume."),
+    (
+        RESUMES,
+        "counter",
+        "Resumes served, by outcome: exact (every missed line replayed) "
+        "or gap (the client was told lines were gone).",
+    ),
+    ("lines_replayed", "counter", "Lines written to resuming clients."),
+    (
+        "source_gaps",
+        "counter",
+        "Times the source lost lines (a trimmed stream, a lost subscription).",
+    ),
 )
 
 
 def _family(
     name: str, kind: str, documentation: str
 ) -> CounterMetricFamily | GaugeMetricFamily:
-    labels = ["reason"] if name == REJECTED else []
+    labels = _LABELS.get(name, [])
     if kind == "counter":
         return CounterMetricFamily(PREFIX + name, documentation, labels=labels)
     return GaugeMetricFamily(PREFIX + name, documentation, labels=labels)
