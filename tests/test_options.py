@@ -50,7 +50,7 @@ class OptionsTestCase(SynchronousTestCase):
 
 class DefaultTests(OptionsTestCase):
     def test_defaults(self) -> None:
-        """With only a key, every option has the default BRIEF §2 names."""
+        """With only a key, every option has its documented default."""
         options = self.parse(AUTH)
         self.assertEqual(options["listen"], ["tcp:8080"])
         self.assertEqual(options["source"], "stdio")

@@ -252,7 +252,7 @@ class AdmittedClientTests(WebSocketTestCase):
 
 
 class RejectionTests(WebSocketTestCase):
-    """Each refusal of BRIEF §3 gets its status, its phrase and one log event."""
+    """Each refusal of a handshake gets its status, its phrase and one log event."""
 
     def assertRefused(
         self,
