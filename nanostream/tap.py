@@ -1,15 +1,16 @@
 """``twistd nanostream`` / ``twist nanostream``: options and service assembly.
 
-Every option is converted in its ``opt_*`` method (whose docstring is the
-``--help`` text) and checked against the others in ``postOptions``; each
-mistake is one ``UsageError`` line.  ``makeService`` only assembles.
+Single-value options are ``optParameters`` rows converted by a ``coerce``;
+``opt_*`` methods are left to the repeatable ones.  ``postOptions`` checks
+options against each other, each mistake one ``UsageError`` line.
+``makeService`` only puts in order what :mod:`nanostream.assembly` builds.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jwt.exceptions import InvalidKeyError
@@ -17,45 +18,58 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from nanostream.auth.admission import Admission
-from nanostream.auth.ledger import MemoryLedger
-from nanostream.auth.origins import OriginPolicy
+from nanostream.assembly import (
+    STDIO,
+    gate,
+    line_source,
+    listen_services,
+    monitor,
+    startup_warnings,
+    upkeep,
+)
 from nanostream.auth.secret import ENV_VAR, SecretError, load_secret
-from nanostream.auth.tokens import RECOMMENDED_SECRET_BYTES, TokenVerifier
-from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES, Broadcaster
-from nanostream.clients import BroadcastService, ClientTracker
-from nanostream.listening import announced_service
+from nanostream.auth.tokens import TokenVerifier
+from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES
+from nanostream.clients import BroadcastService
 from nanostream.numbers import number_option
-from nanostream.ops.memory import (
-    MemoryTrimmer,
-    StartupFreezer,
-    ledger_pruner,
-    malloc_trim,
-    releaser,
-)
+from nanostream.ops.memory import StartupFreezer
 from nanostream.redis.url import RedisURLError, resolve
-from nanostream.resume.history import (
-    DEFAULT_HISTORY_BYTES,
-    DEFAULT_HISTORY_LINES,
-    History,
-)
+from nanostream.resume.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_LINES
 from nanostream.sources import SourceStatus
 from nanostream.sources.splitter import DEFAULT_MAX_LINE_BYTES
-from nanostream.sources.stdio import StdioSource
-from nanostream.sources.stream import LineSourceFactory
-from nanostream.websocket import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_HANDSHAKE_BYTES,
-    NanostreamServerFactory,
-)
+from nanostream.websocket import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKE_BYTES
 
 DEFAULT_LISTEN = "tcp:8080"
-STDIO = "stdio"
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
+def _non_empty(option: str) -> Callable[[str], str]:
+    """A converter refusing the empty string, naming the option."""
+
+    def convert(text: str) -> str:
+        if not text:
+            raise usage.UsageError(f"{option} must not be empty")
+        return text
+
+    return convert
+
+
+def _number(
+    kind: Callable[[str], Any],
+    name: str,
+    default: float,
+    minimum: float,
+    *,
+    doc: str,
+    above: bool = False,
+) -> list[Any]:
+    """An ``optParameters`` row for a number of at least (or above) ``minimum``."""
+    convert = number_option(kind, f"--{name}", minimum, above=above)
+    return [name, None, default, doc, convert]
+
+
 class ServiceOptions(usage.Options):
-    """Options of the nanostream service (BRIEF §2), raising ``UsageError``."""
+    """Options of the nanostream service, raising ``UsageError``."""
 
     synopsis = "[options]"
     longdesc = (
@@ -63,142 +77,72 @@ class ServiceOptions(usage.Options):
         "WebSocket message to every client holding a valid single-use token."
     )
 
+    # One row per option, as usage.Options reads them: name, short, default, help
+    # and the converter.  Defaults are shown by --help.
+    # fmt: off
     optFlags = [
-        ["no-auth", None, "Run without tokens: anyone who can connect may listen."],
-        [
-            "demo",
-            None,
-            "Also serve a live demo page at / that mints its own tokens "
-            "(loopback listeners only).",
-        ],
-        ["demo-anywhere", None, "Allow --demo on listeners other hosts can reach."],
+        ["no-auth", None, "Run without tokens: anyone who can connect may listen"],
+        ["demo", None, "Also serve a live demo page at / that mints its own tokens "
+         "(loopback listeners only)"],
+        ["demo-anywhere", None, "Allow --demo on listeners other hosts can reach"],
     ]
+    optParameters = [
+        ["secret", None, None,
+         "The HS256 key itself (visible in `ps`: prefer --secret-file)"],
+        ["secret-file", None, None,
+         "File holding the HS256 key; a trailing newline is ignored"],
+        ["source", None, STDIO, "stdio, a server endpoint producers write lines to, "
+         "or redis://HOST:PORT/DB?channel=NAME (rediss:// for TLS)"],
+        ["ledger", None, None,
+         "Keep used tokens in Redis, shared by a fleet: redis://HOST:PORT/DB"],
+        ["ledger-prefix", None, "nanostream:used:", "Key prefix of the Redis ledger",
+         _non_empty("--ledger-prefix")],
+        _number(float, "ledger-timeout", 0.5, 0, above=True, doc="Seconds to wait "
+                "for the Redis ledger before refusing with 503"),
+        ["redis-password-file", None, None,
+         "File holding the Redis password for --source and --ledger URLs"],
+        _number(float, "ping-interval", 30.0, 0,
+                doc="Seconds between WebSocket pings, 0 for none"),
+        _number(float, "ping-timeout", 30.0, 0, above=True,
+                doc="Seconds to wait for a pong before dropping a client"),
+        _number(float, "leeway", 0.0, 0,
+                doc="Seconds of clock skew allowed on exp and nbf"),
+        _number(float, "max-token-ttl", 3600.0, 0, above=True,
+                doc="Refuse tokens whose exp lies more seconds ahead"),
+        _number(int, "max-line-bytes", DEFAULT_MAX_LINE_BYTES, 1,
+                doc="Discard longer lines, with a warning"),
+        _number(int, "max-buffer-bytes", DEFAULT_MAX_BUFFER_BYTES, 1,
+                doc="Drop a client with more unsent bytes than this"),
+        _number(float, "handshake-timeout", DEFAULT_HANDSHAKE_TIMEOUT, 0,
+                doc="Seconds a connection may take to complete its WebSocket "
+                "handshake, 0 for no limit"),
+        _number(int, "max-handshake-bytes", DEFAULT_MAX_HANDSHAKE_BYTES, 1024,
+                doc="Refuse a handshake whose request line and headers are "
+                "larger (414 or 431)"),
+        _number(int, "max-clients", 0, 0, doc="Refuse handshakes (503) while this "
+                "many clients are open, 0 for no limit"),
+        _number(int, "history-lines", DEFAULT_HISTORY_LINES, 0,
+                doc="Lines kept for clients that resume, 0 for none"),
+        _number(int, "history-bytes", DEFAULT_HISTORY_BYTES, 0,
+                doc="Bytes of lines kept for clients that resume"),
+        ["metrics", None, None, "Endpoint serving Prometheus /metrics, /healthz and "
+         "/readyz [default: off]"],
+    ]
+    # fmt: on
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
         self["listen"] = []
         self["origin"] = []
-        self["secret"] = None
-        self["secret-file"] = None
-        self["source"] = STDIO
-        self["ping-interval"] = 30.0
-        self["ping-timeout"] = 30.0
-        self["leeway"] = 0.0
-        self["max-token-ttl"] = 3600.0
-        self["max-line-bytes"] = DEFAULT_MAX_LINE_BYTES
-        self["max-buffer-bytes"] = DEFAULT_MAX_BUFFER_BYTES
-        self["handshake-timeout"] = DEFAULT_HANDSHAKE_TIMEOUT
-        self["max-handshake-bytes"] = DEFAULT_MAX_HANDSHAKE_BYTES
-        self["max-clients"] = 0
-        self["history-lines"] = DEFAULT_HISTORY_LINES
-        self["history-bytes"] = DEFAULT_HISTORY_BYTES
-        self["metrics"] = None
-        self["ledger"] = None
-        self["ledger-prefix"] = "nanostream:used:"
-        self["ledger-timeout"] = 0.5
-        self["redis-password-file"] = None
-
-    def opt_secret(self, value: str) -> None:
-        """The HS256 key itself (visible in `ps`: prefer --secret-file)."""
-        self["secret"] = value
-
-    def opt_secret_file(self, path: str) -> None:
-        """File holding the HS256 key; a trailing newline is ignored."""
-        self["secret-file"] = path
 
     def opt_listen(self, description: str) -> None:
-        """Endpoint to accept WebSocket clients on (repeatable) [default: tcp:8080]."""
+        """Endpoint to accept WebSocket clients on (repeatable) [default: tcp:8080]"""
         self["listen"].append(description)
 
-    def opt_source(self, source: str) -> None:
-        """stdio, a server endpoint producers write lines to, or
-        redis://HOST:PORT/DB?channel=NAME (rediss:// for TLS) [default: stdio]."""
-        self["source"] = source
-
-    def opt_ledger(self, url: str) -> None:
-        """Keep used tokens in Redis, shared by a fleet: redis://HOST:PORT/DB."""
-        self["ledger"] = url
-
-    def opt_ledger_prefix(self, prefix: str) -> None:
-        """Key prefix of the Redis ledger [default: nanostream:used:]."""
-        if not prefix:
-            raise usage.UsageError("--ledger-prefix must not be empty")
-        self["ledger-prefix"] = prefix
-
-    def opt_ledger_timeout(self, value: str) -> None:
-        """Seconds to wait for the Redis ledger before refusing with 503
-        [default: 0.5]."""
-        self["ledger-timeout"] = number_option(
-            float, "--ledger-timeout", 0, above=True
-        )(value)
-
-    def opt_redis_password_file(self, path: str) -> None:
-        """File holding the Redis password for --source and --ledger URLs."""
-        self["redis-password-file"] = path
-
     def opt_origin(self, pattern: str) -> None:
-        """Allowed Origin value, "*" as wildcard (repeatable) [default: any]."""
+        """Allowed Origin value, "*" as wildcard (repeatable) [default: any]"""
         self["origin"].append(pattern)
-
-    def opt_ping_interval(self, value: str) -> None:
-        """Seconds between WebSocket pings, 0 for none [default: 30]."""
-        self["ping-interval"] = number_option(float, "--ping-interval", 0)(value)
-
-    def opt_ping_timeout(self, value: str) -> None:
-        """Seconds to wait for a pong before dropping a client [default: 30]."""
-        self["ping-timeout"] = number_option(float, "--ping-timeout", 0, above=True)(
-            value
-        )
-
-    def opt_leeway(self, value: str) -> None:
-        """Seconds of clock skew allowed on exp and nbf [default: 0]."""
-        self["leeway"] = number_option(float, "--leeway", 0)(value)
-
-    def opt_max_token_ttl(self, value: str) -> None:
-        """Refuse tokens whose exp lies more seconds ahead [default: 3600]."""
-        self["max-token-ttl"] = number_option(float, "--max-token-ttl", 0, above=True)(
-            value
-        )
-
-    def opt_max_line_bytes(self, value: str) -> None:
-        """Discard longer lines, with a warning [default: 1048576]."""
-        self["max-line-bytes"] = number_option(int, "--max-line-bytes", 1)(value)
-
-    def opt_max_buffer_bytes(self, value: str) -> None:
-        """Drop a client with more unsent bytes than this [default: 4194304]."""
-        self["max-buffer-bytes"] = number_option(int, "--max-buffer-bytes", 1)(value)
-
-    def opt_handshake_timeout(self, value: str) -> None:
-        """Seconds a connection may take to complete its WebSocket handshake,
-        0 for no limit [default: 5]."""
-        self["handshake-timeout"] = number_option(float, "--handshake-timeout", 0)(
-            value
-        )
-
-    def opt_max_handshake_bytes(self, value: str) -> None:
-        """Refuse a handshake whose request line and headers are larger
-        (414 or 431) [default: 16384]."""
-        self["max-handshake-bytes"] = number_option(int, "--max-handshake-bytes", 1024)(
-            value
-        )
-
-    def opt_max_clients(self, value: str) -> None:
-        """Refuse handshakes (503) while this many clients are open,
-        0 for no limit [default: 0]."""
-        self["max-clients"] = number_option(int, "--max-clients", 0)(value)
-
-    def opt_history_lines(self, value: str) -> None:
-        """Lines kept for clients that resume, 0 for none [default: 10000]."""
-        self["history-lines"] = number_option(int, "--history-lines", 0)(value)
-
-    def opt_history_bytes(self, value: str) -> None:
-        """Bytes of lines kept for clients that resume [default: 16777216]."""
-        self["history-bytes"] = number_option(int, "--history-bytes", 0)(value)
-
-    def opt_metrics(self, description: str) -> None:
-        """Endpoint serving Prometheus /metrics, /healthz and /readyz [default: off]."""
-        self["metrics"] = description
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -332,134 +276,33 @@ def _check_endpoint(option: str, description: str) -> None:
         ) from None
 
 
-def _warnings(options: ServiceOptions, key: bytes | None) -> list[str]:
-    warnings = []
-    if key is None:
-        warnings.append("running with --no-auth: anyone who can connect may listen")
-    elif len(key) < RECOMMENDED_SECRET_BYTES:
-        warnings.append(
-            f"the secret is shorter than {RECOMMENDED_SECRET_BYTES} bytes; "
-            "a longer random key resists guessing"
-        )
-    if options["demo"]:
-        if options["demo-anywhere"]:
-            warnings.append(
-                "--demo with --demo-anywhere: the page at / gives a working token "
-                "to anyone who can reach a listener; never do this in production"
-            )
-        else:
-            warnings.append(
-                "--demo: the page at / gives a working token to anyone who loads "
-                "it; listeners are on loopback only"
-            )
-    return warnings
-
-
-def makeService(options: ServiceOptions, reactor: Any = None) -> IService:
+def makeService(options: ServiceOptions, reactor: Any = None) -> MultiService:
     """Assemble the listeners, the source and the client lifecycle.
+
+    Services start in the order listed and stop in reverse.
 
     :param reactor: the global reactor unless a test hands in a fake one.
     """
     if reactor is None:
         from twisted.internet import reactor
 
-    key = options["key"]
-    history = History(options["history-lines"], options["history-bytes"])
-    broadcaster = Broadcaster(options["max-buffer-bytes"], reactor, history)
-    tracker = ClientTracker(options["max-clients"])
-    verifier = (
-        None
-        if key is None
-        else TokenVerifier(
-            key, leeway=options["leeway"], max_ttl=options["max-token-ttl"]
-        )
-    )
-    ledger = None
-    if verifier is not None and options.get("redis-ledger") is not None:
-        from nanostream.auth.redis_ledger import RedisLedger
-
-        ledger = RedisLedger(
-            options["redis-ledger"],
-            reactor,
-            prefix=options["ledger-prefix"],
-            timeout=options["ledger-timeout"],
-        )
-    elif verifier is not None:
-        ledger = MemoryLedger(reactor)
-    admission = Admission(
-        reactor, verifier, ledger, OriginPolicy(options["origin"]), full=tracker.full
-    )
-    factory = NanostreamServerFactory(
-        admission,
-        broadcaster,
-        tracker,
-        ping_interval=options["ping-interval"],
-        ping_timeout=options["ping-timeout"],
-        handshake_timeout=options["handshake-timeout"],
-        max_handshake_bytes=options["max-handshake-bytes"],
-        reactor=reactor,
-    )
-
-    top = MultiService()
-    BroadcastService(
-        broadcaster, tracker, reactor, _warnings(options, key)
-    ).setServiceParent(top)
-    release = releaser(malloc_trim())
-    trimmer = None
-    if release is not None:
-        trimmer = MemoryTrimmer(tracker, ledger, release, reactor)
-        trimmer.setServiceParent(top)
-    if isinstance(ledger, MemoryLedger):
-        ledger_pruner(ledger, reactor).setServiceParent(top)
-    listener = factory
-    if options["demo"]:
-        from nanostream.demo.page import DEFAULT_TOKEN_TTL, PageTokens, demo_site
-
-        ttl = min(DEFAULT_TOKEN_TTL, options["max-token-ttl"])
-        listener = demo_site(
-            factory,
-            PageTokens(key, reactor, ttl),
-            reactor,
-            timeout=options["handshake-timeout"] or None,
-        )
-    listeners = []
-    for description in options["listen"]:
-        service = announced_service(description, listener, "websocket", reactor)
-        service.setServiceParent(top)
-        listeners.append((description, service))
-    source = options["source"]
-    max_line = options["max-line-bytes"]
-    if IService.providedBy(ledger):
-        ledger.setServiceParent(top)
+    server = gate(options, reactor)
+    trimmer, upkeep_services = upkeep(server, reactor)
+    listening = listen_services(options, server, reactor)
     status = SourceStatus()
-    if source == STDIO:
-        StdioSource(
-            broadcaster, max_line, reactor.stop, reactor, status=status
-        ).setServiceParent(top)
-    elif options.get("redis-source") is not None:
-        from nanostream.sources.redis_channel import RedisSource
-
-        RedisSource(
-            broadcaster, max_line, options["redis-source"], reactor, status=status
-        ).setServiceParent(top)
-    else:
-        sources = LineSourceFactory(broadcaster, max_line, status)
-        announced_service(source, sources, "source", reactor).setServiceParent(top)
-    if options["metrics"] is not None:
-        from nanostream.ops.site import monitor_site
-
-        site = monitor_site(
-            broadcaster=broadcaster,
-            tracker=tracker,
-            admission=admission,
-            source=status,
-            listeners=listeners,
-            reactor=reactor,
-            ledger=ledger,
-            trimmer=trimmer,
-        )
-        monitor = announced_service(options["metrics"], site, "metrics", reactor)
-        monitor.setServiceParent(top)
-    # Last, so that it starts once everything else has been built and started.
-    StartupFreezer().setServiceParent(top)
+    services = [
+        BroadcastService(
+            server.broadcaster, server.tracker, reactor, startup_warnings(options)
+        ),
+        *upkeep_services,
+        *(service for _, service in listening),
+        *([server.ledger] if IService.providedBy(server.ledger) else []),
+        line_source(options, server.broadcaster, status, reactor),
+        *monitor(options, server, listening, status, trimmer, reactor),
+        # Last, so that it starts once everything else has been built and started.
+        StartupFreezer(),
+    ]
+    top = MultiService()
+    for service in services:
+        service.setServiceParent(top)
     return top

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
+import support
+from support import NOW, SECRET, mint
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -17,16 +18,8 @@ from nanostream.auth.ledger import IImmediateLedger, MemoryLedger
 from nanostream.auth.origins import OriginPolicy
 from nanostream.auth.tokens import AcceptedToken, TokenVerifier
 
-SECRET = b"admission-unit-test-secret-long-enough-0123456789"
-NOW = 1_700_000_000.0
 ORIGIN = "https://live.example.com"
 PEER = "tcp4:192.0.2.7:50000"
-
-
-def mint(**claims: Any) -> str:
-    """An HS256 token for SECRET, valid for a minute unless told otherwise."""
-    claims.setdefault("exp", NOW + 60)
-    return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 class UnreachableLedger:
@@ -49,10 +42,7 @@ class AdmissionTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(NOW)
         self.ledger = MemoryLedger(self.clock)
-        self.events: list[LogEvent] = []
-        observer = self.events.append
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = support.capture_logs(self)
 
     def gate(
         self, origins: list[str] | None = None, *, auth: bool = True, ledger: Any = None
@@ -216,9 +206,7 @@ class ImmediateDecisionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = support.capture_logs(self)
 
     def gate(self, ledger: Any) -> Admission:
         return Admission(self.clock, TokenVerifier(SECRET), ledger, OriginPolicy(()))

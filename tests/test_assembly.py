@@ -5,11 +5,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import support
 from certificates import self_signed_certificate
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, LogLevel, eventAsText, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, eventAsText
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.ops.memory import MemoryTrimmer, StartupFreezer, malloc_trim
@@ -26,10 +27,7 @@ class MakeServiceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.events: list[LogEvent] = []
-        observer = self.events.append
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = support.capture_logs(self)
 
     def assemble(self, *arguments: str) -> MultiService:
         """Parse the arguments as twistd would and build the service."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import cast
-
+import support
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -323,10 +321,7 @@ class SlowConsumerTests(SynchronousTestCase):
 class CloseAllTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.broadcaster = Broadcaster()
-        self.events: list[LogEvent] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = support.capture_logs(self)
 
     def test_go_away_each(self) -> None:
         """close_all asks every client to go away once and forgets them."""

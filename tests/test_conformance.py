@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from twisted.internet import reactor as global_reactor
+import support
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -24,11 +24,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.auth.admission import Admission
-from nanostream.auth.origins import OriginPolicy
-from nanostream.broadcast import Broadcaster
-from nanostream.clients import ClientTracker
-from nanostream.websocket import MAX_CLIENT_MESSAGE_BYTES, NanostreamServerFactory
+from nanostream.websocket import MAX_CLIENT_MESSAGE_BYTES
 
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)
 
@@ -170,26 +166,11 @@ class ConformanceTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        timers_before = set(global_reactor.getDelayedCalls())
-        self.addCleanup(self.assertNoGlobalTimers, timers_before)
-        admission = Admission(self.clock, None, None, OriginPolicy(()))
-        self.broadcaster = Broadcaster(1024 * 1024, self.clock)
-        self.factory = NanostreamServerFactory(
-            admission,
-            self.broadcaster,
-            ClientTracker(),
-            ping_interval=0,
-            reactor=self.clock,
-        )
-        self.factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        support.forbid_global_timers(self)
+        server = support.serve(self.clock, None, max_buffer_bytes=1024 * 1024)
+        self.broadcaster = server.broadcaster
+        self.factory = server.factory
         self.ports = iter(range(50001, 51000))
-
-    def assertNoGlobalTimers(self, before: set[object]) -> None:
-        """Fail if a test left an Autobahn timer on the global reactor."""
-        left = [call for call in global_reactor.getDelayedCalls() if call not in before]
-        for call in left:
-            call.cancel()
-        self.assertEqual(left, [])
 
     def open(self) -> Session:
         """A raw client whose opening handshake succeeded."""

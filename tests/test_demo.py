@@ -13,14 +13,13 @@ import json
 import re
 from typing import Any
 
+import support
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,12 +27,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from nanostream.auth import reasons
-from nanostream.auth.admission import Admission
-from nanostream.auth.ledger import MemoryLedger
-from nanostream.auth.origins import OriginPolicy
 from nanostream.auth.tokens import TokenRejected, TokenVerifier
-from nanostream.broadcast import Broadcaster
-from nanostream.clients import ClientTracker
 from nanostream.demo.loopback import is_loopback_endpoint, parse_description
 from nanostream.demo.page import LINES_KEPT, PageTokens, demo_site, script_json
 from nanostream.sinks import ClientSink
@@ -146,9 +140,7 @@ class DemoServiceTests(SynchronousTestCase):
 
     def start(self, *argv: str) -> tuple[list[Any], list[str]]:
         """The listening factories (the source's left out) and the warnings."""
-        events: list[LogEvent] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = support.capture_logs(self)
         options = ServiceOptions(environ={"NANOSTREAM_SECRET": SECRET.decode()})
         options.parseOptions(
             [*argv, "--listen", LOOPBACK_LISTEN, "--source", LOOPBACK_LISTEN]
@@ -236,34 +228,18 @@ class DemoSiteTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        before = set(global_reactor.getDelayedCalls())
-        self.addCleanup(self.assertNoGlobalTimers, before)
+        self.events = support.capture_logs(self)
+        support.forbid_global_timers(self)
         self.verifier = TokenVerifier(SECRET, max_ttl=60) if self.auth else None
-        admission = Admission(
-            self.clock,
-            self.verifier,
-            MemoryLedger(self.clock) if self.auth else None,
-            OriginPolicy([]),
+        server = support.serve(
+            self.clock, None, verifier=self.verifier, max_buffer_bytes=64 * 1024
         )
-        self.broadcaster = Broadcaster(64 * 1024)
-        self.factory = NanostreamServerFactory(
-            admission, self.broadcaster, ClientTracker(), ping_interval=0
-        )
-        self.factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.broadcaster = server.broadcaster
+        self.factory = server.factory
         self.tokens = PageTokens(SECRET if self.auth else None, self.clock, 30)
         self.site = demo_site(self.factory, self.tokens, self.clock)
         self.ports = iter(range(50001, 51000))
         self.pumps: list[iosim.IOPump] = []
-
-    def assertNoGlobalTimers(self, before: set[Any]) -> None:
-        """Fail if a test left a timer on the global reactor."""
-        left = [c for c in global_reactor.getDelayedCalls() if c not in before]
-        for call in left:
-            call.cancel()
-        self.assertEqual(left, [])
 
     def get(self, path: bytes, host: bytes | None = b"127.0.0.1:8080") -> bytes:
         """The raw HTTP response to ``GET path``."""

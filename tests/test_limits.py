@@ -13,13 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_websocket import (
-    NOW,
-    SECRET,
-    SERVER_ADDRESS,
-    WebSocketTestCase,
-    mint,
-)
+import support
+from support import NOW, SECRET, mint
+from test_websocket import SERVER_ADDRESS, WebSocketTestCase
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import (
@@ -29,12 +25,7 @@ from twisted.internet.testing import (
 from twisted.logger import LogLevel
 
 from nanostream.auth import reasons
-from nanostream.auth.admission import Admission, Refused
-from nanostream.auth.ledger import MemoryLedger
-from nanostream.auth.origins import OriginPolicy
-from nanostream.auth.tokens import TokenVerifier
-from nanostream.broadcast import Broadcaster
-from nanostream.clients import ClientTracker
+from nanostream.auth.admission import Refused
 from nanostream.tap import ServiceOptions, makeService
 from nanostream.websocket import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -105,24 +96,20 @@ class LimitsTestCase(WebSocketTestCase):
         origins: tuple[str, ...] = (),
         ledger: Any = None,
     ) -> NanostreamServerFactory:
-        """A factory assembled as makeService does, on the test's Clock."""
-        tracker = ClientTracker(max_clients)
-        admission = Admission(
+        """A factory assembled as makeService does, on the test's Clock.
+
+        Autobahn's closing handshake timeout stays on, as in production.
+        """
+        self.factory = support.serve(
             self.clock,
-            TokenVerifier(SECRET),
-            MemoryLedger(self.clock) if ledger is None else ledger,
-            OriginPolicy(origins),
-            full=tracker.full,
-        )
-        self.factory = NanostreamServerFactory(
-            admission,
-            Broadcaster(1024 * 1024),
-            tracker,
-            ping_interval=0,
+            origins=origins,
+            ledger=ledger,
+            max_clients=max_clients,
+            max_buffer_bytes=1024 * 1024,
             handshake_timeout=handshake_timeout,
             max_handshake_bytes=max_handshake_bytes,
-            reactor=self.clock,
-        )
+            close_handshake_timeout=None,
+        ).factory
         return self.factory
 
     def raw(self) -> tuple[NanostreamServerProtocol, RawTransport]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import support
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor, RaisingMemoryReactor
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.listening import announced_service, describe_address
@@ -53,10 +54,7 @@ class AnnouncedServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactor()
         self.factory = Factory.forProtocol(Protocol)
-        self.events: list[LogEvent] = []
-        observer = self.events.append
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = support.capture_logs(self)
 
     def announcements(self) -> list[LogEvent]:
         return [

@@ -10,14 +10,13 @@ freed memory back when, and only when, the load has fallen.
 from __future__ import annotations
 
 import gc
-import os
 import time
 import tracemalloc
 import weakref
 from unittest import SkipTest
 from urllib.parse import urlsplit
 
-import jwt
+from support import mint
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -28,11 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream import websocket
 from nanostream.auth import admission
-from nanostream.auth.admission import Admission
 from nanostream.auth.ledger import MemoryLedger
-from nanostream.auth.origins import OriginPolicy
-from nanostream.auth.tokens import TokenVerifier
-from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
 from nanostream.ops import memory
 from nanostream.ops.memory import (
@@ -43,6 +38,7 @@ from nanostream.ops.memory import (
     ledger_pruner,
     releaser,
 )
+from nanostream.server import make_server
 
 KEY = b"memory-test-secret-that-is-long-enough!!"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -60,24 +56,17 @@ class WaveTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(time.time())
         self.ledger = MemoryLedger(self.clock)
-        self.broadcaster = Broadcaster(clock=self.clock)
-        self.factory = websocket.NanostreamServerFactory(
-            Admission(self.clock, TokenVerifier(KEY), self.ledger, OriginPolicy()),
-            self.broadcaster,
-            ClientTracker(),
-            ping_interval=0,
-            reactor=self.clock,
+        server = make_server(
+            KEY, reactor=self.clock, ledger=self.ledger, ping_interval=0
         )
+        self.broadcaster = server.broadcaster
+        self.factory = server.factory
 
     def wave(self, clients: int) -> int:
         """Open, feed and close ``clients``; traced bytes while all were open."""
         connections = []
         for _ in range(clients):
-            token = jwt.encode(
-                {"exp": int(self.clock.seconds()) + TTL, "jti": os.urandom(8).hex()},
-                KEY,
-                algorithm="HS256",
-            )
+            token = mint(KEY, now=int(self.clock.seconds()), ttl=TTL)
             protocol = self.factory.buildProtocol(PEER)
             transport = StringTransport(peerAddress=PEER)
             protocol.makeConnection(transport)

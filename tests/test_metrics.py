@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import jwt
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import mint
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -155,7 +155,7 @@ class LedgerRefusalTests(SynchronousTestCase):
         admission = Admission(
             clock, TokenVerifier(SECRET), BrokenLedger(), OriginPolicy(())
         )
-        token = jwt.encode({"exp": 60}, SECRET, algorithm="HS256")
+        token = mint(SECRET, now=0)
         self.failureResultOf(admission.admit("tcp4:192.0.2.1:1", None, [token]))
         self.assertEqual(admission.refused[reasons.LEDGER_UNAVAILABLE], 1)
 

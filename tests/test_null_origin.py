@@ -6,23 +6,15 @@ otherwise, which would bypass ``--origin`` and its log event.
 
 from __future__ import annotations
 
-from typing import Any
-
+import support
 import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.auth import reasons
-from nanostream.auth.admission import Admission
-from nanostream.auth.origins import OriginPolicy
-from nanostream.broadcast import Broadcaster
-from nanostream.clients import ClientTracker
-from nanostream.websocket import NanostreamServerFactory
 
 SERVER = IPv4Address("TCP", "127.0.0.1", 8080)
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -45,31 +37,12 @@ class NullOriginTests(SynchronousTestCase):
     """The null origin is judged by --origin like any other."""
 
     def setUp(self) -> None:
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        before = set(global_reactor.getDelayedCalls())
-        self.addCleanup(self.assertNoGlobalTimers, before)
-
-    def assertNoGlobalTimers(self, before: set[Any]) -> None:
-        left = [c for c in global_reactor.getDelayedCalls() if c not in before]
-        for call in left:
-            call.cancel()
-        self.assertEqual(left, [])
+        self.events = support.capture_logs(self)
+        support.forbid_global_timers(self)
 
     def handshake(self, *patterns: str) -> Client:
         clock = Clock()
-        admission = Admission(clock, None, None, OriginPolicy(patterns))
-        factory = NanostreamServerFactory(
-            admission, Broadcaster(), ClientTracker(), ping_interval=0
-        )
-        # setProtocolOptions resets every option it is not given to Autobahn's
-        # default, allowNullOrigin included: pass on what the factory chose.
-        factory.setProtocolOptions(
-            openHandshakeTimeout=0,
-            closeHandshakeTimeout=0,
-            allowNullOrigin=factory.allowNullOrigin,
-        )
+        factory = support.serve(clock, None, origins=patterns).factory
         client_factory = WebSocketClientFactory(
             "ws://127.0.0.1:8080/", origin="null", reactor=clock
         )

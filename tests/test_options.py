@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -49,7 +50,7 @@ class OptionsTestCase(SynchronousTestCase):
 
 class DefaultTests(OptionsTestCase):
     def test_defaults(self) -> None:
-        """With only a key, every option has the default BRIEF §2 names."""
+        """With only a key, every option has its documented default."""
         options = self.parse(AUTH)
         self.assertEqual(options["listen"], ["tcp:8080"])
         self.assertEqual(options["source"], "stdio")
@@ -494,3 +495,39 @@ class CommandLineFaceTests(SynchronousTestCase):
         self.assertIn(e.code, (0, None))
         for option in ("--secret-file", "--listen", "--max-buffer-bytes", "--no-auth"):
             self.assertIn(option, stdout.getvalue())
+
+
+class HelpTextTests(SynchronousTestCase):
+    """``twistd nanostream --help`` reads cleanly, whatever the terminal's width."""
+
+    def descriptions(self, help_text: str) -> dict[str, str]:
+        """Each option's description in ``help_text``, its wrapped lines joined."""
+        lines = help_text.split("Options:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        # The description column starts where the first option's text does.
+        column = re.match(r"\s*(-\w, )?--\S+\s+", lines[0])
+        assert column is not None, lines[0]
+        width = column.end()
+        descriptions: dict[str, list[str]] = {}
+        for line in lines:
+            name = line[:width].strip()
+            if name:
+                current = descriptions.setdefault(name.split("--", 1)[1], [])
+            current.append(line[width:])
+        return {name: " ".join(parts) for name, parts in descriptions.items()}
+
+    def assertNoRunsOfSpaces(self, help_text: str) -> None:
+        descriptions = self.descriptions(help_text)
+        options = {name.rstrip("=") for name in Options().longOpt}
+        self.assertEqual({name.rstrip("=") for name in descriptions}, options)
+        for name, description in descriptions.items():
+            with self.subTest(option=name):
+                self.assertTrue(description, f"--{name} has no description")
+                self.assertNotRegex(description, r"\s{2}")
+
+    def test_no_runs_of_spaces(self) -> None:
+        """No option's description holds a run of two or more spaces."""
+        self.assertNoRunsOfSpaces(str(Options()))
+
+    def test_no_runs_of_spaces_unwrapped(self) -> None:
+        """Nor does a description wide enough to need no wrapping."""
+        self.assertNoRunsOfSpaces(Options().getUsage(width=1000))

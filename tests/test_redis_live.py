@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import support
 from redis_server import (
     RedisClient,
     free_port,
@@ -244,9 +245,7 @@ class TLSTests(RedisLiveTestCase):
         )  # fmt: skip
         channel = unique("tls")
         url = f"rediss://:{password}@127.0.0.1:{port}/0?channel={channel}&ca={cert}"
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = support.capture_logs(self)
         sink = CountingSink()
         subscribed = log_event(self, said("subscribed to Redis channel"))
         self.start(RedisSource(sink, 1024, parse_redis_url(url, channel=True), reactor))

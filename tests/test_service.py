@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import support
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.broadcast import Broadcaster
@@ -86,10 +87,7 @@ class BroadcastServiceTests(SynchronousTestCase):
         self.clock = Clock()
         self.tracker = ClientTracker()
         self.broadcaster = Broadcaster()
-        self.events: list[LogEvent] = []
-        observer = self.events.append
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = support.capture_logs(self)
 
     def service(self, warnings: list[str] | None = None) -> BroadcastService:
         return BroadcastService(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import support
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -48,10 +49,7 @@ class CapturingTestCase(SynchronousTestCase):
     """Keeps every log event emitted during a test."""
 
     def setUp(self) -> None:
-        self.events: list[LogEvent] = []
-        observer = self.events.append
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = support.capture_logs(self)
 
     def from_module(self, module: str) -> list[LogEvent]:
         return [e for e in self.events if e.get("log_namespace") == module]

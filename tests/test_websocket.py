@@ -12,39 +12,35 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import support
 import txaio
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
 )
-from twisted.internet import reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, eventAsText, globalLogPublisher
+from twisted.logger import LogEvent, eventAsText
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.auth import reasons
-from nanostream.auth.admission import Admission
-from nanostream.auth.ledger import MemoryLedger
-from nanostream.auth.origins import OriginPolicy
-from nanostream.auth.tokens import AcceptedToken, TokenVerifier
-from nanostream.broadcast import Broadcaster
-from nanostream.clients import BroadcastService, ClientTracker
+from nanostream.auth.tokens import AcceptedToken
+from nanostream.clients import BroadcastService
 from nanostream.websocket import (
     MAX_CLIENT_MESSAGE_BYTES,
     NanostreamServerFactory,
     NanostreamServerProtocol,
 )
 
-SECRET = b"websocket-unit-test-secret-long-enough-for-hs384-0123456789abcdef"
-NOW = 1_700_000_000.0
+SECRET = support.SECRET
+NOW = support.NOW
+mint = support.mint
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8080)
 ALLOWED_ORIGIN = "https://live.example.com"
 
@@ -55,13 +51,6 @@ _CLIENT_TIMERS_OFF = {
     "serverConnectionDropTimeout": 0,
     "autoPingInterval": 0,
 }
-_SERVER_TIMERS_OFF = {"openHandshakeTimeout": 0, "closeHandshakeTimeout": 0}
-
-
-def mint(**claims: Any) -> str:
-    """An HS256 token for SECRET, valid for a minute unless told otherwise."""
-    claims.setdefault("exp", NOW + 60)
-    return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 def rendered(event: LogEvent) -> str:
@@ -145,47 +134,22 @@ class WebSocketTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.events: list[LogEvent] = []
-        observer = self.events.append
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        timers_before = set(global_reactor.getDelayedCalls())
-        self.addCleanup(self.assertNoGlobalTimers, timers_before)
+        self.events = support.capture_logs(self)
+        support.forbid_global_timers(self)
         self.ports = iter(range(40001, 41000))
         self.connections: list[Connection] = []
         self.factory = self.serve()
 
     def serve(
-        self,
-        *,
-        verifier: Any = "default",
-        ledger: Any = "default",
-        origins: Sequence[str] = (),
-        max_buffer_bytes: int = 1024 * 1024,
+        self, key: bytes | None = SECRET, **options: Any
     ) -> NanostreamServerFactory:
-        """The factory under test, its timers off."""
-        if verifier == "default":
-            verifier = TokenVerifier(SECRET, max_ttl=3600)
-        if ledger == "default":
-            ledger = MemoryLedger(self.clock)
-        admission = Admission(self.clock, verifier, ledger, OriginPolicy(origins))
-        factory = NanostreamServerFactory(
-            admission,
-            Broadcaster(max_buffer_bytes),
-            ClientTracker(),
-            ping_interval=0,
-            reactor=self.clock,
-        )
-        factory.setProtocolOptions(**_SERVER_TIMERS_OFF)
-        self.factory = factory
-        return factory
+        """The factory under test, its timers off; keywords of make_server.
 
-    def assertNoGlobalTimers(self, before: set[Any]) -> None:
-        """Fail if a test left an Autobahn timer on the global reactor."""
-        left = [call for call in global_reactor.getDelayedCalls() if call not in before]
-        for call in left:
-            call.cancel()
-        self.assertEqual(left, [])
+        ``key=None`` serves without tokens.
+        """
+        options.setdefault("max_buffer_bytes", 1024 * 1024)
+        self.factory = support.serve(self.clock, key, **options).factory
+        return self.factory
 
     def connect(self, query: str = "", origin: str | None = None) -> Connection:
         """Open a connection to ``/?query`` and run the handshake to its end."""
@@ -282,13 +246,13 @@ class AdmittedClientTests(WebSocketTestCase):
 
     def test_no_auth_admits_without_token(self) -> None:
         """With --no-auth (no verifier) a client without a token opens."""
-        self.serve(verifier=None, ledger=None)
+        self.serve(None)
         connection = self.connect()
         self.assertTrue(connection.client.opened)
 
 
 class RejectionTests(WebSocketTestCase):
-    """Each refusal of BRIEF §3 gets its status, its phrase and one log event."""
+    """Each refusal of a handshake gets its status, its phrase and one log event."""
 
     def assertRefused(
         self,
@@ -347,7 +311,7 @@ class RejectionTests(WebSocketTestCase):
 
     def test_no_expiration(self) -> None:
         """A token without ``exp`` is refused: token has no expiration."""
-        token = jwt.encode({"sub": "a"}, SECRET, algorithm="HS256")
+        token = mint(exp=None)
         self.assertRefused(self.connect("t=" + token), reasons.NO_EXPIRATION)
 
     def test_expired(self) -> None:
@@ -411,12 +375,8 @@ class RejectionTests(WebSocketTestCase):
             mint(exp=NOW - 1),
             mint(exp=NOW + 7200),
             mint(nbf=NOW + 30),
-            jwt.encode({"sub": "x"}, SECRET, algorithm="HS256"),
-            jwt.encode(
-                {"exp": NOW + 60},
-                b"another key entirely, just as long as the real one: 0123456789",
-                algorithm="HS256",
-            ),
+            mint(exp=None, sub="x"),
+            mint(b"another key entirely, just as long as the real one: 0123456789"),
         ]
         for token in tokens:
             self.connect("t=" + token)
