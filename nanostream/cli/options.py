@@ -8,6 +8,7 @@ from __future__ import annotations
 import getopt
 import os
 import sys
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping, Sequence
 
 from twisted.python import usage
@@ -30,7 +31,7 @@ def print_version() -> None:
     raise SystemExit(EXIT_OK)
 
 
-class Subcommand(usage.Options):
+class Subcommand(usage.Options, metaclass=ABCMeta):
     """Options of one subcommand, given in any order around its arguments.
 
     ``twisted.python.usage`` stops at the first argument, as POSIX getopt
@@ -64,6 +65,6 @@ class Subcommand(usage.Options):
                 ordered.extend([name, value] if takes else [name])
         super().parseOptions([*ordered, "--", *arguments])
 
+    @abstractmethod
     def run(self, environ: Mapping[str, str]) -> int:
         """Do what the options say; the exit status."""
-        raise NotImplementedError
