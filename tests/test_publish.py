@@ -118,6 +118,18 @@ class PublisherTests(PublisherTestCase):
         self.assertEqual(publisher.published, 2)
         self.assertTrue(self.endpoint.last.transport.disconnecting)
 
+    def test_done_while_disconnected(self) -> None:
+        """Input ending after a loss with every line acknowledged needs no Redis."""
+        publisher = self.publisher()
+        publisher.broadcast([b"a"])
+        self.ack(1)
+        self.endpoint.refusing = True
+        lose(self.endpoint.last)
+        publisher.end()
+        self.successResultOf(publisher.done())
+        self.clock.advance(60)
+        self.assertEqual(self.endpoint.attempts, 1, "and stops reconnecting")
+
     def test_resent_in_order_after_reconnecting(self) -> None:
         """Unacknowledged lines are sent again, first, in order, after a loss."""
         publisher = self.publisher(window=10)

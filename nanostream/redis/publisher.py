@@ -272,7 +272,6 @@ class Publisher:
             self._ended
             and not self._waiting
             and not self._in_flight
-            and self._protocol is not None
             and not self._finished
         ):
             self._finish()
