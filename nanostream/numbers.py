@@ -10,7 +10,12 @@ from twisted.python import usage
 
 
 def number_option(
-    kind: Callable[[str], Any], option: str, minimum: float, *, above: bool = False
+    kind: Callable[[str], Any],
+    option: str,
+    minimum: float,
+    *,
+    above: bool = False,
+    maximum: float | None = None,
 ) -> Callable[[str], Any]:
     """A converter that names the option in its error.
 
@@ -28,6 +33,8 @@ def number_option(
         if value < minimum or (above and value == minimum):
             relation = "above" if above else "at least"
             raise usage.UsageError(f"{option} must be {relation} {minimum}")
+        if maximum is not None and value > maximum:
+            raise usage.UsageError(f"{option} must be at most {maximum}")
         return value
 
     return convert

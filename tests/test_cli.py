@@ -1,9 +1,7 @@
-"""The ``nanostream`` command: ``token``, ``check`` and the ``publish`` hand-off."""
+"""The ``nanostream`` command: its one parser, ``token`` and ``check``."""
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import io
 import os
 import shutil
@@ -11,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
@@ -21,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanostream.auth import reasons
 from nanostream.auth.secret import ENV_VAR
 from nanostream.cli import main as cli
+from nanostream.cli.tokens import MAX_TTL
 
 SECRET = "cli-test-secret-0123456789abcdef-0123456789abcdef-0123"
 
@@ -41,10 +39,15 @@ class CommandTestCase(SynchronousTestCase):
         return status, out.getvalue(), err.getvalue()
 
     def usage_error(self, *argv: str, environ: dict[str, str] | None = None) -> str:
-        """Run a command that must fail with one line on stderr and exit 64."""
+        """Run a command that must fail with one line on stderr and exit 64.
+
+        The line starts with the subcommand it concerns, if any.
+        """
         status, out, err = self.run_cli(*argv, environ=environ)
         self.assertEqual((status, out), (64, ""))
-        self.assertTrue(err.startswith("nanostream: "), err)
+        known = argv[:1] if argv[:1] and argv[0] in cli.COMMANDS else []
+        prefix = " ".join(["nanostream", *known]) + ": "
+        self.assertTrue(err.startswith(prefix), err)
         self.assertEqual(err.count("\n"), 1, err)
         return err
 
@@ -88,8 +91,13 @@ class TokenTests(CommandTestCase):
         self.assertIn(
             "--ttl", self.usage_error("token", "--secret", SECRET, "--ttl", "0")
         )
-        self.usage_error("token", "--secret", SECRET, "--ttl", str(cli.MAX_TTL + 1))
-        self.usage_error("token", "--secret", SECRET, "--ttl", "ten")
+        self.assertIn(
+            f"at most {MAX_TTL}",
+            self.usage_error("token", "--secret", SECRET, "--ttl", str(MAX_TTL + 1)),
+        )
+        self.assertIn(
+            "'ten'", self.usage_error("token", "--secret", SECRET, "--ttl", "ten")
+        )
 
     def test_claims_parsed_as_json(self) -> None:
         """Claim values are JSON where they parse and strings otherwise."""
@@ -115,7 +123,8 @@ class TokenTests(CommandTestCase):
 
     def test_bad_claims(self) -> None:
         """A claim without a name or '=', or one overriding exp, is refused."""
-        self.usage_error("token", "--secret", SECRET, "--claim", "novalue")
+        err = self.usage_error("token", "--secret", SECRET, "--claim", "novalue")
+        self.assertIn("NAME=VALUE", err)
         self.usage_error("token", "--secret", SECRET, "--claim", "=1")
         err = self.usage_error("token", "--secret", SECRET, "--claim", "exp=1")
         self.assertIn("--ttl", err)
@@ -211,67 +220,72 @@ class CheckTests(CommandTestCase):
 
     def test_bad_numbers(self) -> None:
         """A negative leeway or a zero lifetime bound is a usage error."""
-        self.usage_error("check", "t", "--secret", SECRET, "--leeway", "-1")
-        self.usage_error("check", "t", "--secret", SECRET, "--max-token-ttl", "0")
+        err = self.usage_error("check", "t", "--secret", SECRET, "--leeway", "-1")
+        self.assertIn("--leeway", err)
+        err = self.usage_error("check", "t", "--secret", SECRET, "--max-token-ttl", "0")
+        self.assertIn("--max-token-ttl", err)
 
-
-class PublishFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Makes ``import nanostream.cli.publish`` fail as a missing dependency would."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name == "nanostream.cli.publish":
-            return importlib.machinery.ModuleSpec(name, self)
-        return None
-
-    def create_module(self, spec: Any) -> None:
-        return None
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        raise ModuleNotFoundError("No module named 'redislib'", name="redislib")
+    def test_one_token(self) -> None:
+        """check without a token, or with two, says it takes one."""
+        self.assertIn("one TOKEN", self.usage_error("check", "--secret", SECRET))
+        self.assertIn("one TOKEN", self.usage_error("check", "a", "b"))
 
 
 class CommandLineTests(CommandTestCase):
-    def without_publish(self) -> None:
-        """Forget any imported nanostream.cli.publish for this test."""
-        saved = sys.modules.pop("nanostream.cli.publish", None)
-        if saved is not None:
-            self.addCleanup(sys.modules.__setitem__, "nanostream.cli.publish", saved)
-
     def test_no_command(self) -> None:
-        """Without a subcommand the error is one line."""
-        self.usage_error()
+        """Without a subcommand the error is one line naming the commands."""
+        self.assertIn("token, check or publish", self.usage_error())
 
     def test_unknown_command(self) -> None:
         """An unknown subcommand is one line naming the choices."""
-        self.assertIn("token", self.usage_error("mint"))
+        err = self.usage_error("mint")
+        self.assertIn("'mint'", err)
+        self.assertIn("token, check or publish", err)
 
-    def test_publish_handed_its_arguments(self) -> None:
-        """``publish`` calls nanostream.cli.publish.main with the rest of argv."""
-        self.without_publish()
-        calls: list[list[str]] = []
-        fake = types.ModuleType("nanostream.cli.publish")
-        fake.main = lambda argv: calls.append(argv) or 7  # type: ignore[attr-defined]
-        sys.modules["nanostream.cli.publish"] = fake
-        self.addCleanup(sys.modules.pop, "nanostream.cli.publish", None)
-        status, _, _ = self.run_cli("publish", "--help", "redis://h/0?channel=c")
-        self.assertEqual((status, calls), (7, [["--help", "redis://h/0?channel=c"]]))
+    def test_unknown_option(self) -> None:
+        """An option the subcommand does not have is one line naming it."""
+        self.assertIn("--bogus", self.usage_error("token", "--bogus"))
 
-    def test_publish_missing(self) -> None:
-        """Without nanostream.cli.publish the command says so in one line."""
-        self.without_publish()
-        sys.modules["nanostream.cli.publish"] = None  # type: ignore[assignment]
-        self.addCleanup(sys.modules.pop, "nanostream.cli.publish", None)
-        self.assertIn("publish", self.usage_error("publish", "x"))
+    def test_options_around_arguments(self) -> None:
+        """Options may come before or after a subcommand's argument."""
+        token = self.mint()
+        for argv in (
+            ("check", "--secret", SECRET, token),
+            ("check", token, "--secret", SECRET),
+        ):
+            self.assertEqual(self.run_cli(*argv), (0, "ok\n", ""))
 
-    def test_publish_dependency_missing_is_not_hidden(self) -> None:
-        """A missing dependency of nanostream.cli.publish is raised, not reworded."""
-        self.without_publish()
-        finder = PublishFinder()
-        sys.meta_path.insert(0, finder)
-        self.addCleanup(sys.meta_path.remove, finder)
-        self.addCleanup(sys.modules.pop, "nanostream.cli.publish", None)
-        e = self.assertRaises(ModuleNotFoundError, cli.main, ["publish"], {})
-        self.assertEqual(e.name, "redislib")
+    def test_help_describes_the_whole_command(self) -> None:
+        """nanostream --help lists every subcommand, publishing included."""
+        status, out, err = self.run_cli("--help")
+        self.assertEqual((status, err), (0, ""))
+        for command in ("token", "check", "publish"):
+            self.assertIn(f"    {command} ", out)
+        self.assertIn("publish lines to Redis", out)
+
+    def test_subcommand_help(self) -> None:
+        """Each subcommand's --help shows its own synopsis and options."""
+        status, out, _ = self.run_cli("publish", "--help")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("Usage: nanostream publish redis://"), out)
+        self.assertIn("--maxlen", out)
+        status, out, _ = self.run_cli("token", "--help")
+        self.assertEqual(status, 0)
+        self.assertIn("--claim", out)
+
+    def test_version(self) -> None:
+        """--version prints nanostream's version, at either level."""
+        from nanostream import __version__
+
+        for argv in (("--version",), ("publish", "--version")):
+            self.assertEqual(
+                self.run_cli(*argv), (0, f"nanostream {__version__}\n", "")
+            )
+
+    def test_publish_usage_error(self) -> None:
+        """publish's usage errors are one line too, before any connection."""
+        self.assertIn("?stream=KEY", self.usage_error("publish", "redis://h/0"))
+        self.assertIn("one URL", self.usage_error("publish"))
 
     def test_python_dash_m(self) -> None:
         """``python -m nanostream`` runs the same command."""

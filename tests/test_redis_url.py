@@ -46,9 +46,9 @@ class ParseTests(SynchronousTestCase):
         target = parse_redis_url("redis://:pw@h/0", channel=False)
         self.assertEqual((target.username, target.password), (None, "pw"))
 
-    def refused(self, url: str, *, channel: bool = True) -> str:
+    def refused(self, url: str, *, channel: bool = True, stream: bool = False) -> str:
         with self.assertRaises(RedisURLError) as caught:
-            parse_redis_url(url, channel=channel)
+            parse_redis_url(url, channel=channel, stream=stream)
         return str(caught.exception)
 
     def test_missing_channel(self) -> None:
@@ -63,6 +63,42 @@ class ParseTests(SynchronousTestCase):
         """A ledger URL with a channel is a mix-up, refused."""
         self.assertIn(
             "no channel", self.refused("redis://h/0?channel=x", channel=False)
+        )
+
+    def test_stream(self) -> None:
+        """``?stream=KEY`` names a stream, percent-decoded, and no channel."""
+        target = parse_redis_url(
+            "redis://h/1?stream=feed%3Ablocks", channel=False, stream=True
+        )
+        self.assertEqual(
+            (target.stream, target.channel, target.db), ("feed:blocks", None, 1)
+        )
+
+    def test_channel_or_stream(self) -> None:
+        """Asked for either, a URL gives exactly one: a channel or a stream."""
+        both = {"channel": True, "stream": True}
+        channel = parse_redis_url("redis://h/0?channel=c", **both)
+        stream = parse_redis_url("redis://h/0?stream=s", **both)
+        self.assertEqual((channel.channel, channel.stream), ("c", None))
+        self.assertEqual((stream.channel, stream.stream), (None, "s"))
+        message = self.refused("redis://h/0", **both)
+        self.assertIn("?channel=NAME", message)
+        self.assertIn("?stream=KEY", message)
+        self.assertIn("one of", self.refused("redis://h/0?channel=c&stream=s", **both))
+        self.assertIn(
+            "no channel or stream", self.refused("redis://h/0?stream=", **both)
+        )
+
+    def test_stream_where_a_channel_is_wanted(self) -> None:
+        """A channel-only caller refuses a stream, and a stream-only one a channel."""
+        self.assertIn("?channel=NAME", self.refused("redis://h/0?stream=s"))
+        self.assertIn("one of", self.refused("redis://h/0?channel=c&stream=s"))
+        self.assertIn(
+            "?stream=KEY",
+            self.refused("redis://h/0?channel=c", channel=False, stream=True),
+        )
+        self.assertIn(
+            "takes no stream", self.refused("redis://h/0?stream=s", channel=False)
         )
 
     def test_bad_ports(self) -> None:
@@ -87,8 +123,10 @@ class ParseTests(SynchronousTestCase):
         self.assertIn("redis://", self.refused("http://h/0?channel=c"))
 
     def test_unknown_parameter(self) -> None:
-        """A parameter other than channel= and ca= is refused."""
-        self.assertIn("unknown parameter", self.refused("redis://h/0?channel=c&db=2"))
+        """A parameter other than channel=, stream= and ca= is refused, naming those."""
+        message = self.refused("redis://h/0?channel=c&db=2")
+        self.assertIn("unknown parameter", message)
+        self.assertIn("stream=", message)
 
     def test_ca_needs_tls(self) -> None:
         """ca= on a plain redis:// URL is refused: it would do nothing."""
@@ -127,6 +165,13 @@ class MaskTests(SynchronousTestCase):
         self.assertNotIn("hunter2", str(target))
         self.assertNotIn("hunter2", repr(target))
 
+    def test_masked_stream(self) -> None:
+        """The logged form keeps the stream key."""
+        target = parse_redis_url(
+            "redis://:hunter2@h/0?stream=a%20b", channel=False, stream=True
+        )
+        self.assertEqual(target.masked(), "redis://:***@h:6379/0?stream=a%20b")
+
     def test_masked_without_password(self) -> None:
         """Without a password nothing is masked."""
         target = RedisTarget("::1", 6379, 0)
@@ -146,6 +191,15 @@ class ResolveTests(SynchronousTestCase):
         path = self.password_file(b"hunter2\n")
         target = resolve("redis://h/0?channel=c", channel=True, password_file=path)
         self.assertEqual(target.password, "hunter2")
+
+    def test_stream_resolved(self) -> None:
+        """resolve() passes the wish for a stream on to the parser."""
+        target = resolve(
+            "redis://h/0?stream=s", channel=True, stream=True, password_file=None
+        )
+        self.assertEqual(target.stream, "s")
+        with self.assertRaises(RedisURLError):
+            resolve("redis://h/0?stream=s", channel=True, password_file=None)
 
     def test_two_passwords(self) -> None:
         """A password in the URL and a password file at once is refused."""

@@ -16,7 +16,6 @@ import secrets
 from importlib.resources import files
 from typing import Any
 
-import jwt
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -24,6 +23,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from nanostream.auth.mint import mint
 from nanostream.demo.upgrade import WebSocketUpgrade, wants_websocket
 from nanostream.ops.access_log import redacting_site
 
@@ -60,18 +60,15 @@ class PageTokens:
         return self._secret is not None
 
     def mint(self) -> str | None:
-        """A token valid for ``ttl`` seconds from now, unique to this call."""
+        """A token valid for ``ttl`` seconds from now, unique to this call.
+
+        Two pages served in the same instant get different tokens (``jti``).
+        """
         if self._secret is None:
             return None
-        now = self._clock.seconds()
-        claims = {
-            "sub": "nanostream-demo",
-            "iat": now,
-            "exp": now + self.ttl,
-            # Two pages served in the same instant must not share a token.
-            "jti": secrets.token_urlsafe(16),
-        }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        return mint(
+            self._secret, self.ttl, self._clock.seconds(), {"sub": "nanostream-demo"}
+        )
 
 
 def script_json(value: Any) -> str:

@@ -189,7 +189,11 @@ class Handler(Protocol):
         """The ready connection was lost; reconnecting in ``delay`` seconds."""
 
     def retrying(self, reason: str, delay: float, attempts: int) -> None:
-        """Attempt ``attempts`` failed; the next starts in ``delay`` seconds."""
+        """``attempts`` attempts in a row failed; the next starts in ``delay`` s.
+
+        The count starts again after each ready connection, so after a loss
+        the first failed reconnection is attempt 1.
+        """
 
 
 class RedisConnection(Service):
@@ -210,6 +214,7 @@ class RedisConnection(Service):
         self._handler = handler
         self._backoff = Backoff() if backoff is None else backoff
         self._timeout = timeout
+        self._failures = 0
         self._attempt: Deferred[Any] | None = None
         self._retry: Any = None
         self._closed: Deferred[None] | None = None
@@ -245,14 +250,16 @@ class RedisConnection(Service):
         if not self.running or protocol.transport is None or not protocol.connected:
             return
         self._backoff.reset()
+        self._failures = 0
         self._handler.up(protocol)
 
     def _failed(self, failure: Failure) -> None:
         self._attempt = None
         if not self.running:
             return
+        self._failures += 1
         delay = self._schedule()
-        self._handler.retrying(describe(failure), delay, self._backoff.attempts)
+        self._handler.retrying(describe(failure), delay, self._failures)
 
     def _lost(self, protocol: Any, why: Failure) -> None:
         if protocol is not self.protocol:

@@ -1,7 +1,7 @@
 """Redis URLs: where a Redis is, how to reach it, and how to log it safely.
 
-``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?channel=NAME]``, or
-``rediss://`` for TLS (with ``ca=PEM`` to trust a private CA instead of the
+``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?channel=NAME|?stream=KEY]``,
+or ``rediss://`` for TLS (with ``ca=PEM`` to trust a private CA instead of the
 system's).  Parsed once at start-up, so a typo is a usage error rather than a
 reconnect loop; the password travels apart from everything that is logged.
 """
@@ -42,6 +42,8 @@ class RedisTarget:
     db: int = 0
     tls: bool = False
     channel: str | None = None
+    stream: str | None = None
+    """The key of a Redis stream, for a URL given ``?stream=KEY``."""
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
     ca: str | None = None
@@ -61,6 +63,8 @@ class RedisTarget:
         query = []
         if self.channel is not None:
             query.append(f"channel={quote(self.channel, safe='')}")
+        if self.stream is not None:
+            query.append(f"stream={quote(self.stream, safe='')}")
         if self.ca is not None:
             query.append(f"ca={quote(self.ca, safe='/')}")
         tail = "?" + "&".join(query) if query else ""
@@ -94,11 +98,13 @@ def _pem_blocks(pem: bytes) -> list[bytes]:
     return [block + end for block in pem.split(end) if b"-----BEGIN" in block]
 
 
-def parse_redis_url(text: str, *, channel: bool) -> RedisTarget:
-    """Parse ``text``; ``channel`` says whether ``?channel=NAME`` is required.
+def parse_redis_url(text: str, *, channel: bool, stream: bool = False) -> RedisTarget:
+    """Parse ``text``; ``channel`` and ``stream`` say what it must name.
 
-    Where no channel is wanted (the ledger), giving one is an error: it
-    would mean the operator mixed up two options.
+    ``channel`` alone requires ``?channel=NAME``, ``stream`` alone
+    ``?stream=KEY``, both together exactly one of the two (the publisher
+    writes to either).  Where neither is wanted (the ledger), giving one is
+    an error: it would mean the operator mixed up two options.
     """
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
@@ -115,16 +121,15 @@ def parse_redis_url(text: str, *, channel: bool) -> RedisTarget:
     db = _db(parts.path)
     query = _query(parts.query)
     name = query.pop("channel", None)
+    key = query.pop("stream", None)
     ca = query.pop("ca", None)
     if query:
         # Not echoed: a mistyped URL may have cut a password anywhere.
         raise RedisURLError(
-            "the Redis URL has an unknown parameter (it takes channel= and ca=)"
+            "the Redis URL has an unknown parameter "
+            "(it takes channel=, stream= and ca=)"
         )
-    if channel and not name:
-        raise RedisURLError("the Redis URL names no channel: add ?channel=NAME")
-    if not channel and name is not None:
-        raise RedisURLError("this Redis URL takes no channel")
+    _check_names(name, key, channel=channel, stream=stream)
     if ca is not None and scheme != "rediss":
         raise RedisURLError("ca= only applies to rediss:// (TLS) URLs")
     if ca is not None:
@@ -140,11 +145,38 @@ def parse_redis_url(text: str, *, channel: bool) -> RedisTarget:
         port=port,
         db=db,
         tls=scheme == "rediss",
-        channel=name,
+        channel=name or None,
+        stream=key or None,
         username=username,
         password=password,
         ca=ca,
     )
+
+
+def _check_names(
+    name: str | None, key: str | None, *, channel: bool, stream: bool
+) -> None:
+    """An empty ``channel=`` or ``stream=`` counts as none."""
+    if name and key:
+        raise RedisURLError(
+            "the Redis URL names a channel and a stream: give one of "
+            "?channel=NAME and ?stream=KEY"
+        )
+    if channel and stream:
+        if not name and not key:
+            raise RedisURLError(
+                "the Redis URL names no channel or stream: add ?channel=NAME "
+                "(pub/sub) or ?stream=KEY (a Redis stream)"
+            )
+        return
+    if channel and not name:
+        raise RedisURLError("the Redis URL names no channel: add ?channel=NAME")
+    if stream and not key:
+        raise RedisURLError("the Redis URL names no stream: add ?stream=KEY")
+    if not channel and name is not None:
+        raise RedisURLError("this Redis URL takes no channel")
+    if not stream and key is not None:
+        raise RedisURLError("this Redis URL takes no stream")
 
 
 def _host_port(hostport: str) -> tuple[str, int]:
@@ -211,9 +243,15 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def resolve(text: str, *, channel: bool, password_file: str | None) -> RedisTarget:
-    """Parse a URL and give it the password from ``password_file``, if any."""
-    target = parse_redis_url(text, channel=channel)
+def resolve(
+    text: str, *, channel: bool, password_file: str | None, stream: bool = False
+) -> RedisTarget:
+    """Parse a URL and give it the password from ``password_file``, if any.
+
+    ``channel`` and ``stream`` say what the URL must name, as for
+    :func:`parse_redis_url`.
+    """
+    target = parse_redis_url(text, channel=channel, stream=stream)
     if password_file is not None:
         if target.password is not None:
             raise RedisURLError(

@@ -1,4 +1,5 @@
-"""``nanostream token`` and ``check`` against the real service."""
+"""The installed ``nanostream`` command: ``token`` and ``check`` against the
+real service, and its usage."""
 
 from __future__ import annotations
 
@@ -45,3 +46,31 @@ class TokenToolTests(ServiceTestCase):
         again = self.nanostream("check", token, "--secret-file", "secret")
         self.assertEqual((again.returncode, again.stdout), (0, "ok\n"))
         self.assertNotIn(service.secret, minted.stdout + checked.stdout + again.stdout)
+
+
+class CommandLineTests(ServiceTestCase):
+    """The installed ``nanostream`` script's one parser."""
+
+    def nanostream(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [NANOSTREAM, *argv],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
+
+    def test_help_names_every_command(self) -> None:
+        """--help describes token, check and publish, and exits 0."""
+        done = self.nanostream("--help")
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        for command in ("token", "check", "publish"):
+            self.assertIn(f"    {command} ", done.stdout)
+
+    def test_usage_error_is_one_line(self) -> None:
+        """A publish URL naming neither a channel nor a stream: 64, one line."""
+        done = self.nanostream("publish", "redis://127.0.0.1:1/0")
+        self.assertEqual((done.returncode, done.stdout), (64, ""))
+        self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+        self.assertTrue(done.stderr.startswith("nanostream publish: "), done.stderr)
+        self.assertIn("?stream=KEY", done.stderr)
