@@ -13,16 +13,28 @@ server side never reads; the figures behind them are in docs/performance.rst
   protocol subclass, so Autobahn has nothing to copy onto each connection
   (it copied some forty options and pretty-printed them for a debug line:
   a fifth of a handshake's CPU).
+- :class:`HandshakeBounds`: the opening handshake is bounded in bytes, and
+  every refusal Autobahn makes itself gets a fixed phrase and a log event
+  like ours, never a status line quoting the request (and its token).
 - :class:`ReactorTimer`: Autobahn's timeouts on the reactor the factory was
   given, to the fraction of a second, instead of txaio's global batched timer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from nanostream.auth import reasons
+
+_log = Logger()
+
+_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 #: What Autobahn keeps after the opening handshake that the server side never
 #: reads again: the request, the response and the negotiation results.
@@ -94,3 +106,94 @@ class ReactorTimer:
         self, delay: float, func: Any, *args: Any, **kwargs: Any
     ) -> IDelayedCall:
         return self._reactor.callLater(delay, func, *args, **kwargs)
+
+
+if TYPE_CHECKING:
+    from autobahn.twisted.websocket import WebSocketServerProtocol as _Protocol
+else:
+    _Protocol = object
+
+
+class HandshakeBounds(_Protocol):
+    """Mixed into the server protocol, before Autobahn's class.
+
+    Needs ``factory.max_handshake_bytes`` and ``factory.admission`` (whose
+    ``refuse`` logs and counts a refusal).
+    """
+
+    factory: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        """Refuse an opening handshake that outgrows its bound, unread.
+
+        Until a request's blank line arrives Autobahn keeps every byte and
+        searches it all again on each read; the bound keeps that small.  Once
+        closed, Autobahn would still keep what arrives, unread: it goes.
+        """
+        state = self.state
+        if state == _CLOSED:
+            return
+        if state == _CONNECTING:
+            oversized = len(self.data) + len(data) > self.factory.max_handshake_bytes
+            if oversized and self._refused_as_oversized(self.data + data):
+                return
+            if "http_request_data" in self.__dict__:
+                # The request is being decided (the ledger answers later).
+                # Autobahn would parse what follows as another request and
+                # start a second handshake; it waits for the answer instead.
+                self.data += data
+                return
+        # Straight to Autobahn's framework-independent reader: the Twisted
+        # adapter's dataReceived only adds a debug line whose arguments it
+        # formats on every read, logged or not.
+        self._dataReceived(data)
+
+    def _refused_as_oversized(self, buffered: bytes) -> bool:
+        """Refuse or drop a connection whose handshake is too large; whether it was."""
+        if "http_request_data" in self.__dict__:
+            # The request was complete and is being decided; the client must
+            # wait for the answer before it sends anything else.
+            _log.info(
+                "dropping {peer}: {size} bytes sent before the handshake completed",
+                peer=self.peer,
+                size=len(buffered),
+            )
+            self.data = b""
+            self.dropConnection(abort=True)
+            return True
+        limit = self.factory.max_handshake_bytes
+        if buffered.find(b"\r\n\r\n", 0, limit) >= 0:
+            # The request ends in time; what follows it is Autobahn's to judge.
+            return False
+        self.data = b""
+        reason = (
+            reasons.HEADERS_TOO_LARGE
+            if buffered.find(b"\r\n", 0, limit) >= 0
+            else reasons.REQUEST_LINE_TOO_LONG
+        )
+        refused = self.factory.admission.refuse(reason, self.peer, None)
+        self.failHandshake(refused.reason, refused.status)
+        return True
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        """Answer Autobahn's own refusals with a fixed phrase, logged like ours.
+
+        Autobahn names what was wrong in the status line, often quoting the
+        request, whose request line holds the token.  The client gets the
+        fixed phrase instead, and the operator one event as for every refusal.
+        """
+        if (
+            reason not in reasons.STATUS
+            and code != ConnectionDeny.INTERNAL_SERVER_ERROR
+            and self.state != _CLOSED
+        ):
+            headers = self.__dict__.get("http_headers") or {}
+            refused = self.factory.admission.refuse(
+                reasons.MALFORMED, self.peer, headers.get("origin"), status=code
+            )
+            reason = refused.reason
+        # The request is answered: nothing of it need stay until the close.
+        self.data = b""
+        super().failHandshake(reason, code, responseHeaders)

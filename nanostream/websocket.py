@@ -25,9 +25,9 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nanostream.auth import reasons
 from nanostream.auth.admission import Admission, Refused
 from nanostream.autobahn_overrides import (
+    HandshakeBounds,
     ReactorTimer,
     bind_options,
     shed_handshake_state,
@@ -72,7 +72,7 @@ def _internal_error() -> ConnectionDeny:
     return ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error")
 
 
-class NanostreamServerProtocol(WebSocketServerProtocol):
+class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):
     """One listening client."""
 
     # Autobahn's own per-connection chatter (handshake failures, drops) would
@@ -130,81 +130,6 @@ class NanostreamServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(refused.status, refused.reason)
         _log.failure("admission failed", failure, peer=self.peer)
         raise _internal_error()
-
-    def dataReceived(self, data: bytes) -> None:
-        """Refuse an opening handshake that outgrows its bound, unread.
-
-        Until a request's blank line arrives Autobahn keeps every byte and
-        searches it all again on each read; the bound keeps that small.  Once
-        closed, Autobahn would still keep what arrives, unread: it goes.
-        """
-        state = self.state
-        if state == _CLOSED:
-            return
-        if state == _CONNECTING:
-            oversized = len(self.data) + len(data) > self.factory.max_handshake_bytes
-            if oversized and self._refused_as_oversized(self.data + data):
-                return
-            if "http_request_data" in self.__dict__:
-                # The request is being decided (the ledger answers later).
-                # Autobahn would parse what follows as another request and
-                # start a second handshake; it waits for the answer instead.
-                self.data += data
-                return
-        # Straight to Autobahn's framework-independent reader: the Twisted
-        # adapter's dataReceived only adds a debug line whose arguments it
-        # formats on every read, logged or not.
-        self._dataReceived(data)
-
-    def _refused_as_oversized(self, buffered: bytes) -> bool:
-        """Refuse or drop a connection whose handshake is too large; whether it was."""
-        if "http_request_data" in self.__dict__:
-            # The request was complete and is being decided; the client must
-            # wait for the answer before it sends anything else.
-            _log.info(
-                "dropping {peer}: {size} bytes sent before the handshake completed",
-                peer=self.peer,
-                size=len(buffered),
-            )
-            self.data = b""
-            self.dropConnection(abort=True)
-            return True
-        limit = self.factory.max_handshake_bytes
-        if buffered.find(b"\r\n\r\n", 0, limit) >= 0:
-            # The request ends in time; what follows it is Autobahn's to judge.
-            return False
-        self.data = b""
-        reason = (
-            reasons.HEADERS_TOO_LARGE
-            if buffered.find(b"\r\n", 0, limit) >= 0
-            else reasons.REQUEST_LINE_TOO_LONG
-        )
-        refused = self.factory.admission.refuse(reason, self.peer, None)
-        self.failHandshake(refused.reason, refused.status)
-        return True
-
-    def failHandshake(
-        self, reason: str, code: int = 400, responseHeaders: Any = None
-    ) -> None:
-        """Answer Autobahn's own refusals with a fixed phrase, logged like ours.
-
-        Autobahn names what was wrong in the status line, often quoting the
-        request, whose request line holds the token.  The client gets the
-        fixed phrase instead, and the operator one event as for every refusal.
-        """
-        if (
-            reason not in reasons.STATUS
-            and code != ConnectionDeny.INTERNAL_SERVER_ERROR
-            and self.state != _CLOSED
-        ):
-            headers = self.__dict__.get("http_headers") or {}
-            refused = self.factory.admission.refuse(
-                reasons.MALFORMED, self.peer, headers.get("origin"), status=code
-            )
-            reason = refused.reason
-        # The request is answered: nothing of it need stay until the close.
-        self.data = b""
-        super().failHandshake(reason, code, responseHeaders)
 
     def onOpenHandshakeTimeout(self) -> None:
         """A client that does not finish its handshake in time is dropped."""
