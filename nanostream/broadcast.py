@@ -30,7 +30,7 @@ from nanostream.resume.ids import format_key, key, parse_id
 from nanostream.sinks import ClientSink
 
 if TYPE_CHECKING:
-    from nanostream.resume.replay import Archive, Replay, Turns
+    from nanostream.resume.replay import Archive, FramedChunks, Replay, Turns
 
 DEFAULT_MAX_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -108,6 +108,7 @@ class Broadcaster:
         self._v1: set[ClientSink] = set()
         self._replays: dict[ClientSink, Replay] = {}
         self._turns: Turns | None = None
+        self._framed: FramedChunks
         self._seconds = clock.seconds
         # A source without ids of its own numbers lines <start ms>-<n>.
         self._base = key(int(clock.seconds() * 1000), 0)
@@ -138,11 +139,12 @@ class Broadcaster:
 
     def resume(self, sink: ClientSink, since: bytes) -> None:
         """Replay what ``sink``'s client missed after ``since``, then go live."""
-        from nanostream.resume.replay import Replay, Turns
+        from nanostream.resume.replay import FramedChunks, Replay, Turns
 
         if self._turns is None:
             self._turns = Turns(self.clock)
-        replay = Replay(self, sink, since, self._turns)
+            self._framed = FramedChunks()
+        replay = Replay(self, sink, since, self._turns, self._framed)
         self._replays[sink] = replay
         replay.start()
 

@@ -224,6 +224,7 @@ class CollectorTests(SynchronousTestCase):
         exact, gap = QuietClient(), QuietClient()
         self.broadcaster.resume(exact.sink, format_key(first - 1))
         self.broadcaster.resume(gap.sink, b"1-1")
+        self.clock.advance(0)
         self.broadcaster.source_gap()
         samples = scrape(self.collector)
         self.assertEqual(samples["nanostream_history_lines"][()], 2.0)

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanostream.broadcast import Broadcaster
 from nanostream.resume.history import History
 from nanostream.resume.ids import format_key, parse_id
-from nanostream.resume.replay import CHUNK_BYTES
+from nanostream.resume.replay import CHUNK_BYTES, TURN_BYTES
 
 START = 1_700_000_000.0
 START_MS = b"1700000000000"
@@ -246,9 +246,37 @@ class ResumeTests(Fixture):
         """Two replays each write one chunk per reactor turn."""
         self.broadcaster.broadcast([b"z" * 10_000 for _ in range(40)])
         one, two = self.client(since=lid(1)), self.client(since=lid(1))
+        self.assertEqual((len(one.writes), len(two.writes)), (0, 0))
+        self.turn()
         self.assertEqual((len(one.writes), len(two.writes)), (1, 1))
         self.turn()
         self.assertEqual((len(one.writes), len(two.writes)), (2, 2))
+
+    def test_a_turn_has_a_byte_budget(self) -> None:
+        """Once a turn's replays wrote TURN_BYTES, the others wait a turn."""
+        self.history.max_bytes = 10**8
+        self.broadcaster.broadcast([b"z" * 60_000 for _ in range(40)])
+        clients = [self.client(since=lid(1)) for _ in range(40)]
+        self.turn()
+        first = [sum(map(len, c.writes)) for c in clients]
+        chunk = max(first)
+        self.assertGreaterEqual(sum(first), TURN_BYTES)
+        self.assertLess(sum(first), TURN_BYTES + chunk)
+        waited = [c for c, size in zip(clients, first, strict=True) if not size]
+        self.assertTrue(waited)
+        self.turn()
+        self.assertTrue(all(c.writes for c in waited[:5]))
+
+    def test_chunks_framed_once(self) -> None:
+        """Clients resuming from nearby ids are written the same framed chunks."""
+        self.history.max_lines = 1000
+        self.broadcaster.broadcast(numbered(1, 300))
+        one, two = self.client(since=lid(3)), self.client(since=lid(10))
+        self.settle()
+        self.assertEqual(one.messages()[-1], b"!live")
+        self.assertEqual(two.messages(), one.messages()[7:])
+        shared = {id(w) for w in one.writes} & {id(w) for w in two.writes}
+        self.assertGreaterEqual(len(shared), 3)
 
     def test_closing_cancels_a_replay(self) -> None:
         """A client that leaves mid-replay gets nothing more."""

@@ -3,9 +3,15 @@
 A replay writes from the node's history (or, for older lines, from the
 source's :class:`Archive`, a Redis stream) one chunk at a time, and writes
 the next chunk only once the client has drained the last: it never runs more
-than a chunk ahead of the client, and one client's replay never holds up
-another's or the live feed (each gets one chunk per reactor turn).  Lines
-read meanwhile are held in the history behind the replay's position.
+than a chunk ahead of the client.  Replays take turns (:class:`Turns`): each
+gets at most one chunk per reactor turn and all of them together at most
+:data:`TURN_BYTES`, so a storm of resumes never holds up the live feed for
+long.  Lines read meanwhile are held in the history behind the replay's
+position.
+
+History chunks start at multiples of :data:`ALIGN` positions, so clients
+resuming from nearby ids ask for the same chunks, and each is framed once
+(:class:`FramedChunks`) however many clients it is written to.
 
 When the position reaches the newest line, the replay writes ``!live`` and
 moves the client into the live set in the same reactor turn, so nothing is
@@ -40,6 +46,15 @@ CHUNK_BYTES = 64 * 1024
 #: Entries asked of the archive at once.
 ARCHIVE_COUNT = 256
 
+#: History chunks after a replay's first start at multiples of this.
+ALIGN = 64
+
+#: Bytes all replays together may write in one reactor turn.
+TURN_BYTES = 1024 * 1024
+
+#: Framed chunks kept for replays that follow, in bytes.
+FRAMED_CHUNK_BYTES = 4 * 1024 * 1024
+
 
 class ArchiveSlice(Protocol):
     """What an archive answers: see :meth:`Archive.read_after`."""
@@ -62,34 +77,84 @@ class Archive(Protocol):
 
 
 class Turns:
-    """Runs each ready replay's next step once per reactor turn."""
+    """Runs ready replays' next steps, in order, within a budget per turn.
 
-    def __init__(self, clock: IReactorTime) -> None:
+    A step returns the bytes it wrote; once a turn's steps have written
+    :data:`TURN_BYTES`, the rest wait for the next turn.
+    """
+
+    def __init__(self, clock: IReactorTime, budget: int = TURN_BYTES) -> None:
         self._clock = clock
-        self._ready: list[Callable[[], None]] = []
+        self._budget = budget
+        self._ready: deque[Callable[[], int]] = deque()
+        self._scheduled = False
 
-    def soon(self, step: Callable[[], None]) -> None:
-        if not self._ready:
-            self._clock.callLater(0, self._run)
+    def soon(self, step: Callable[[], int]) -> None:
         self._ready.append(step)
+        if not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self._run)
 
     def _run(self) -> None:
-        ready, self._ready = self._ready, []
-        for step in ready:
-            step()
+        self._scheduled = False
+        ready = self._ready
+        spent = 0
+        # Only the steps ready when the turn began: those they schedule wait.
+        for _ in range(len(ready)):
+            if spent >= self._budget:
+                break
+            spent += ready.popleft()()
+        if ready and not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self._run)
+
+
+class FramedChunks:
+    """The framed bytes of aligned history chunks, shared by every replay.
+
+    Bounded by :data:`FRAMED_CHUNK_BYTES`, oldest chunk out first; a chunk
+    whose lines the history evicted is never asked for again and ages out.
+    """
+
+    def __init__(self, max_bytes: int = FRAMED_CHUNK_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._chunks: dict[int, tuple[int, bytes]] = {}
+        self._bytes = 0
+
+    def get(self, start: int, stop: int) -> bytes | None:
+        held = self._chunks.get(start)
+        if held is not None and held[0] == stop:
+            return held[1]
+        return None
+
+    def put(self, start: int, stop: int, data: bytes) -> None:
+        old = self._chunks.pop(start, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        self._chunks[start] = (stop, data)
+        self._bytes += len(data)
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._chunks))
+            self._bytes -= len(self._chunks.pop(oldest)[1])
 
 
 class Replay:
     """One resuming ``nanostream.v1`` client, from ``!gap`` to ``!live``."""
 
     def __init__(
-        self, broadcaster: Broadcaster, sink: ClientSink, since: bytes, turns: Turns
+        self,
+        broadcaster: Broadcaster,
+        sink: ClientSink,
+        since: bytes,
+        turns: Turns,
+        framed: FramedChunks,
     ) -> None:
         self._broadcaster = broadcaster
         self._history = broadcaster.history
         self._sink = sink
         self._since = since
         self._turns = turns
+        self._framed = framed
         self._cancelled = False
         #: The next history position to send, None while on the archive.
         self._position: int | None = None
@@ -108,11 +173,11 @@ class Replay:
         if position is not None:
             self._broadcaster.resumes_exact += 1
             self._position = position + 1
-            self._step()
+            self._turns.soon(self._step)
         elif archive is None:
             self._gap(history.oldest())
             self._position = history.after(since)
-            self._step()
+            self._turns.soon(self._step)
         else:
             self._fetch(first=True)
 
@@ -184,34 +249,37 @@ class Replay:
 
     # -- writing ---------------------------------------------------------------
 
-    def _step(self) -> None:
+    def _step(self) -> int:
+        """Write the next chunk; the bytes written."""
         if self._cancelled:
-            return
+            return 0
         sink = self._sink
         if self._pending:
-            self._send_pending()
+            written = self._send_pending()
         elif self._position is None and not self._archive_done:
             if not self._fetching:
                 self._fetch()
-            return
+            return 0
         else:
             if self._position is None:
                 self._position = self._history.after(self._last_sent)
-            if not self._send_history():
-                return
+            written = self._send_history()
+            if written < 0:
+                return 0
         if self._cancelled:
-            return
+            return written
         if sink.unsent > self._broadcaster.max_buffer_bytes:
             self._broadcaster.drop(sink)
         elif sink.ready:
             self._turns.soon(self._step)
         else:
             sink.on_drain = self._drained
+        return written
 
     def _drained(self) -> None:
         self._turns.soon(self._step)
 
-    def _send_pending(self) -> None:
+    def _send_pending(self) -> int:
         pending = self._pending
         keys: list[int] = []
         lines: list[bytes] = []
@@ -221,10 +289,11 @@ class Replay:
             keys.append(k)
             lines.append(line)
             size += len(line)
-        self._write(keys, lines)
+        return self._write(keys, frame_with_ids(keys, lines), len(keys))
 
-    def _send_history(self) -> bool:
-        """Write the next chunk; False once the replay is over (live or dropped)."""
+    def _send_history(self) -> int:
+        """Write the next chunk; its bytes, or -1 once the replay is over
+        (live or dropped)."""
         history = self._history
         position = self._position
         assert position is not None
@@ -236,13 +305,13 @@ class Replay:
                 size=history.max_bytes,
             )
             self._broadcaster.drop(self._sink)
-            return False
+            return -1
         gaps = history.gaps
         if position >= history.end:
             self._sink.send(notice(b"!live"))
             # A gap marked where no line has come yet is still to be told.
             self._broadcaster.went_live(self._sink, position in gaps)
-            return False
+            return -1
         if position in gaps and self._gap_told != position:
             self._gap_told = position
             last = gaps[position]
@@ -254,12 +323,20 @@ class Replay:
                 )
             )
         limit = min((p for p in gaps if p > position), default=history.end)
-        keys, lines = history.entries(position, CHUNK_BYTES, limit)
+        stop = min(limit, (position // ALIGN + 1) * ALIGN)
+        data = self._framed.get(position, stop)
+        if data is not None:
+            self._position = stop
+            return self._write([history.key_at(stop - 1)], data, stop - position)
+        keys, lines = history.entries(position, CHUNK_BYTES, stop)
+        data = frame_with_ids(keys, lines)
         self._position = position + len(keys)
-        self._write(keys, lines)
-        return True
+        if position % ALIGN == 0 and self._position == stop:
+            self._framed.put(position, stop, data)
+        return self._write(keys, data, len(keys))
 
-    def _write(self, keys: list[int], lines: list[bytes]) -> None:
+    def _write(self, keys: list[int], data: bytes, count: int) -> int:
         self._last_sent = keys[-1]
-        self._broadcaster.lines_replayed += len(keys)
-        self._sink.send(frame_with_ids(keys, lines))
+        self._broadcaster.lines_replayed += count
+        self._sink.send(data)
+        return len(data)
