@@ -54,6 +54,7 @@ COLUMNS.update(
             ("resume_p99_ms", "live p99 ms in resume storm", "{:.2f}", "lower"),
             ("plain_p99_ms", "live p99 ms in plain storm", "{:.2f}", "lower"),
             ("storm_quiet_p99_ratio", "p99 resume storm / quiet", "{:.2f}", "lower"),
+            ("resume_us_per_replayed_line", "µs CPU/replayed line", "{:.2f}", "lower"),
         ],
         "redis": [
             ("stream_p50_ms", "stream p50 ms", "{:.2f}", "lower"),

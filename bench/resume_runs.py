@@ -159,7 +159,14 @@ def _storm_metrics(
         "resume_plain_cpu_ratio": _ratio(resume["server_cpu_s"], plain["server_cpu_s"]),
         "quiet_server_cpu_share": round(quiet_share, 3),
         "resume_to_live_p99_ms": resume["to_live_ms"].get("p99"),
+        # Lines each client got before !live: from the one after its since to
+        # the newest, a count that grows with the feed while replays run.
         "lines_replayed": resume["replayed"],
+        "resume_us_per_replayed_line": round(
+            resume["server_cpu_s"] / resume["replayed_total"] * 1e6, 3
+        )
+        if resume["replayed_total"]
+        else None,
         "quiet_p50_ms": lat["quiet"].get("p50"),
         "quiet_p99_ms": lat["quiet"].get("p99"),
         "resume_p99_ms": lat["resume"].get("p99"),

@@ -134,7 +134,8 @@ async def storm(
     deadline = time.monotonic() + 60
     while recorder.newest <= args.back and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    since = recorder.newest - args.back if kind == "resume" else None
+    newest = recorder.newest
+    since = newest - args.back if kind == "resume" else None
     if since is not None and since < 1:
         raise SystemExit(f"only {recorder.newest} lines recorded, need {args.back}")
     query = f"&since={recorder.ms.decode()}-{since}" if since and recorder.ms else ""
@@ -180,7 +181,7 @@ async def storm(
         kind=kind,
         since=since,
         back=args.back,
-        newest_at_start=recorder.newest,
+        newest_at_start=newest,
         clients=args.storm,
         connected=len(followers),
         failed=dict(Counter(failed_list)),
@@ -190,6 +191,7 @@ async def storm(
         + ([f"{unfinished} never finished"] if unfinished else []),
         short_replays=sum(1 for r in replayed if r < args.back),
         replayed=_quantiles(replayed),
+        replayed_total=sum(replayed),
         t_start_ns=t0,
         t_all_open_ns=max((f.t_open for f in followers), default=t0),
         t_all_live_ns=max(t_live, default=t0),

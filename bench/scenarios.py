@@ -98,8 +98,10 @@ def parse_scenario(
     ``fanout-v1-N``, ``resume-storm[-K]`` and ``stream-latency[-N@RATE]`` into a
     Scenario; sizes not in the name take the defaults of the brief."""
     if m := re.fullmatch(r"fanout-v1-(\d+)", name):
+        # A ratio of two CPU times wants windows of a second or more each:
+        # about five million deliveries.
         clients = int(m[1])
-        default = min(5000, max(500, 1_000_000 // max(clients, 1)))
+        default = min(20000, max(500, 5_000_000 // max(clients, 1)))
         return Scenario(name, "fanout-v1", clients=clients, lines=lines or default)
     if m := re.fullmatch(r"resume-storm(?:-(\d+))?", name):
         # 100 live clients, then K (1000) resume 1000 lines back at once.
