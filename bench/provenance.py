@@ -76,6 +76,15 @@ def describe(repo: Path, project_python: str | None) -> dict[str, Any]:
     return info
 
 
+def current() -> dict[str, Any]:
+    """:func:`describe` for this checkout and the twistd the benchmarks find."""
+    import servers
+
+    twistd = servers.find_twistd(None)
+    python = str(Path(twistd).parent / "python") if twistd else None
+    return describe(servers.REPO, python)
+
+
 def summary_line(info: dict[str, Any]) -> str:
     """One sentence for a Markdown report."""
     commit = (info.get("commit") or "unknown")[:12]
