@@ -27,11 +27,13 @@ SourceAddr = tuple[str, int] | None
 
 
 class Rejected(Exception):
-    """The server answered the upgrade with an HTTP status other than 101."""
+    """The server answered the upgrade with an HTTP status other than 101,
+    or with a 101 that does not select the subprotocol offered."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
+    def __init__(self, status: int, why: str = "") -> None:
+        super().__init__(f"HTTP {status}" + (f": {why}" if why else ""))
         self.status = status
+        self.why = why
 
 
 class Stream:
@@ -119,6 +121,39 @@ class TimedTally(Tally):
         assert latencies is not None
         latencies.append(now - sent)
         Tally.on_message(self, head)
+
+
+class V1Tally(Tally):
+    """A Tally for ``nanostream.v1`` messages, ``<id> <line>``.
+
+    Ids must count up by one with the lines, under one ``<ms>`` part: the
+    difference between an id's count and its line's sequence number stays
+    the same. A notice (``!...``) is a fault in a fan-out run, where no
+    client resumes and the source loses nothing.
+    """
+
+    __slots__ = ("id_faults", "notices", "_ms", "_offset")
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__(stream)
+        self.id_faults = 0
+        self.notices = 0
+        self._ms: bytes | None = None
+        self._offset: int | None = None
+
+    def on_message(self, head: bytes) -> None:
+        if head.startswith(b"!"):
+            self.notices += 1
+            return
+        ident, _, line = head.partition(b" ")
+        ms, _, n = ident.partition(b"-")
+        Tally.on_message(self, line)
+        seq = int(line[SEQ_AT : line.index(b",", SEQ_AT)])
+        offset = int(n) - seq if n.isdigit() else None
+        if self._offset is None:
+            self._ms, self._offset = ms, offset
+        if offset is None or offset != self._offset or ms != self._ms:
+            self.id_faults += 1
 
 
 def new_tally(stream: Stream) -> Tally:

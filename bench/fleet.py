@@ -52,6 +52,7 @@ from typing import Any
 
 import feed
 import procfs
+import provenance
 from processes import LoadgenProcess, ProcessFailed, ServerProcess
 from scenarios import Writer, free_port
 from servers import BENCH, NANOSTREAM_BUFFER_BYTES, find_twistd
@@ -571,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "handshakes": handshakes,
         "redis_micro": micro,
+        "source": provenance.current(),
     }
     (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
     text = report(results, handshakes, micro)
+    text += "\n" + provenance.summary_line(document["source"]) + "\n"
     (RESULTS / f"{stem}.md").write_text(text)
     print(text)
     bad = [r for r in results if r["lost"] or r["out_of_order"] or r["publisher_exit"]]

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import provenance
 import scenarios
 import servers
 import tokens
@@ -351,11 +352,12 @@ def main(argv: list[str]) -> int:
         "verdict": judge(quiet, flooded),
         "bound": BOUND,
         "runs": quiet_runs + flooded_runs,
+        "source": provenance.current(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "flood-quick" if args.quick else "flood"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
+    text = markdown(result) + "\n" + provenance.summary_line(result["source"]) + "\n"
     (args.out / f"{stem}.md").write_text(text)
     sys.stdout.write(text)
     errors = [r["error"] for r in quiet_runs + flooded_runs if "error" in r]

@@ -10,7 +10,8 @@ bottleneck.
 Modes:
 
 * ``stream``: open N clients, then count what they receive (order, loss,
-  optionally latency) until each has ``--expect`` lines.
+  optionally latency) until each has ``--expect`` lines; with ``--v1`` they
+  speak ``nanostream.v1`` and also check that the ids count up by one.
 * ``handshake``: connect/101/close ``--count`` times with ``--concurrency``
   in flight, then check that a reused or bad token gets 401.
 * ``hold``: open ``--count`` idle connections and keep them until told to stop.
@@ -37,12 +38,16 @@ from clients import (
     Rejected,
     SourceAddr,
     Stream,
+    V1Tally,
     bounded,
     new_tally,
     pick_backend,
 )
 from procfs import self_cpu_seconds
-from rawclient import Expected, open_exact
+from rawclient import Expected, IdLines, open_exact
+
+#: The subprotocol whose clients get ``<id> <line>`` and notices.
+SUBPROTOCOL = "nanostream.v1"
 
 # Ephemeral ports per source address that we allow ourselves to use.
 _PORTS_PER_ADDRESS = 20000
@@ -101,21 +106,29 @@ class Session:
 async def run_stream(
     args: argparse.Namespace, session: Session, commands: Commands
 ) -> None:
-    expected = Expected.from_file(args.expect_file) if args.expect_file else None
-    if expected is not None:
+    expected: Expected | IdLines | None = None
+    if args.v1:
+        # Ids are learnt from the first message: only the exact client can.
+        if not args.expect_file:
+            raise SystemExit("--v1 needs --expect-file")
+        expected = IdLines.from_file(args.expect_file)
+        args.expect = len(expected.lines)
+    elif args.expect_file:
+        expected = Expected.from_file(args.expect_file)
         args.expect = len(expected.ends)
-    exact = expected is not None and args.client in ("auto", "exact")
+    exact = expected is not None and (args.v1 or args.client in ("auto", "exact"))
     stream = Stream(args.clients, args.expect, args.latency)
     conns: list[Connection] = []
     failures: Counter[str] = Counter()
 
     async def connect(i: int) -> None:
-        tally = new_tally(stream)
+        tally = V1Tally(stream) if args.v1 else new_tally(stream)
         url, source = session.url(), source_for(i, args.clients)
         try:
             if exact:
                 assert expected is not None
-                conns.append(await open_exact(url, expected, tally, source))
+                protocol = SUBPROTOCOL if args.v1 else None
+                conns.append(await open_exact(url, expected, tally, source, protocol))
             else:
                 conns.append(await session.backend.open(url, tally, source))
         except Exception as exc:  # noqa: BLE001 - every failure is counted
@@ -146,6 +159,8 @@ async def run_stream(
         "lost": sum(t.lost + max(0, args.expect - t.next) for t in tallies),
         "out_of_order": sum(t.backwards for t in tallies),
         "extra": sum(t.extra for t in tallies),
+        "id_faults": sum(getattr(t, "id_faults", 0) for t in tallies),
+        "notices": sum(getattr(t, "notices", 0) for t in tallies),
         "timed_out": timed_out,
         "t_last_ns": stream.t_last_ns,
         "cpu_s": round(cpu_done - cpu_ready, 6),
@@ -195,7 +210,7 @@ def _percentiles(samples_ns: Any) -> dict[str, float | int]:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, Rejected):
-        return f"http-{exc.status}"
+        return f"http-{exc.status}" + (f" ({exc.why})" if exc.why else "")
     return type(exc).__name__
 
 
@@ -314,6 +329,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--expect", type=int, default=100)
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument(
+        "--v1",
+        action="store_true",
+        help="stream: offer nanostream.v1 and check <id> <line> (exact client)",
+    )
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50)

@@ -58,15 +58,19 @@ class Expected:
 
     @classmethod
     def from_file(cls, path: str) -> Expected:
-        """Lines as the server will see them: split on LF, CR and empties dropped."""
-        with open(path, "rb") as f:
-            raw = f.read().split(b"\n")
-        lines = [line[:-1] if line.endswith(b"\r") else line for line in raw]
-        return cls([line for line in lines if line])
+        return cls(read_lines(path))
 
     def frames_before(self, pos: int) -> int:
         """How many whole frames lie in the first ``pos`` bytes."""
         return bisect.bisect_right(self.ends, pos)
+
+
+def read_lines(path: str) -> list[bytes]:
+    """Lines as the server will see them: split on LF, CR and empties dropped."""
+    with open(path, "rb") as f:
+        raw = f.read().split(b"\n")
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in raw]
+    return [line for line in lines if line]
 
 
 def _utf8(line: bytes) -> bool:
@@ -80,13 +84,21 @@ def _utf8(line: bytes) -> bool:
 class ExactStream(asyncio.Protocol):
     """One client connection: HTTP upgrade, then the exact-match check."""
 
-    def __init__(self, request: bytes, key: bytes, expected: Expected, tally: Tally):
+    def __init__(
+        self,
+        request: bytes,
+        upgrade: Upgrade,
+        expected: Expected | IdLines,
+        tally: Tally,
+    ):
         self._request = request
-        self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-        self._expected = expected
+        self._upgrade = upgrade
+        # nanostream.v1: the bytes are known once the first id is (IdLines).
+        self._lines = expected if isinstance(expected, IdLines) else None
+        self._expected = expected if isinstance(expected, Expected) else None
+        self._first = b""  # a v1 stream's bytes until its first frame is whole
         self._tally = tally
         self._pos = 0  # bytes of the expected stream matched so far
-        self._head = b""  # the HTTP response, until it is complete
         self._frames: bytearray | None = None  # set once parsing frame by frame
         self._fragments: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -107,6 +119,10 @@ class ExactStream(asyncio.Protocol):
             data = self._handshake(data)
             if not data:
                 return
+        if self._expected is None:
+            data = self._resolve(data)
+            if not data:
+                return
         self._tally.stream.reads += 1
         if self._frames is None:
             expected = self._expected.data
@@ -124,29 +140,29 @@ class ExactStream(asyncio.Protocol):
 
     def _handshake(self, data: bytes) -> bytes:
         """Read the HTTP response; return what follows it, if it was a 101."""
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            return b""
-        head, rest = self._head[:end], self._head[end + 4 :]
-        status_line, *headers = head.split(b"\r\n")
-        parts = status_line.split(b" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        accept = next(
-            (
-                h.split(b":", 1)[1].strip()
-                for h in headers
-                if h.lower().startswith(b"sec-websocket-accept:")
-            ),
-            None,
-        )
-        if status != 101 or accept != self._accept:
-            self.opened.set_exception(Rejected(status))
+        try:
+            rest = self._upgrade.feed(data)
+        except Rejected as exc:
+            self.opened.set_exception(exc)
             assert self.transport is not None
             self.transport.close()
             return b""
+        if rest is None:
+            return b""
         self.opened.set_result(None)
         return rest
+
+    def _resolve(self, data: bytes) -> bytes:
+        """Learn a v1 stream's first id from its first frame, then its bytes."""
+        assert self._lines is not None
+        self._first += data
+        bounds = frame_bounds(self._first, 0)
+        if bounds is None:
+            return b""
+        _, start, end = bounds
+        self._expected = self._lines.expected(self._first[start:end])
+        data, self._first = self._first, b""
+        return data
 
     def _complete(self) -> None:
         """All lines arrived intact; anything more is parsed as frames."""
@@ -158,6 +174,7 @@ class ExactStream(asyncio.Protocol):
 
     def _diverge(self, data: bytes) -> None:
         """Switch to frame-by-frame parsing at the last frame boundary."""
+        assert self._expected is not None
         done = self._expected.frames_before(self._pos)
         start = self._expected.ends[done - 1] if done else 0
         self._tally.next = done
@@ -204,25 +221,129 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
 
 
-async def open_exact(
-    url: str, expected: Expected, tally: Tally, source: SourceAddr
-) -> ExactStream:
-    """Connect to ``url`` (ws://host:port/path?query) and complete the upgrade."""
+def upgrade_request(url: str, protocol: str | None = None) -> tuple[bytes, Upgrade]:
+    """The opening handshake for ``url``, and the checker of its answer."""
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     key = base64.b64encode(os.urandom(16))
+    offer = f"Sec-WebSocket-Protocol: {protocol}\r\n" if protocol else ""
     request = (
         f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
     ).encode()
+    return request, Upgrade(key, protocol)
+
+
+class Upgrade:
+    """Reads the server's answer to an opening handshake.
+
+    A 101 counts only with the right ``Sec-WebSocket-Accept`` and, when a
+    subprotocol was offered, that subprotocol selected.
+    """
+
+    def __init__(self, key: bytes, protocol: str | None = None) -> None:
+        self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        self._protocol = protocol.encode() if protocol else None
+        self._head = b""
+
+    def feed(self, data: bytes) -> bytes | None:
+        """None until the answer is whole; then the bytes after it.
+
+        Raises Rejected for anything but a proper 101.
+        """
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head, rest = self._head[:end], self._head[end + 4 :]
+        self._head = b""
+        status_line, *lines = head.split(b"\r\n")
+        parts = status_line.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if status != 101 or headers.get(b"sec-websocket-accept") != self._accept:
+            raise Rejected(status)
+        if headers.get(b"sec-websocket-protocol") != self._protocol:
+            raise Rejected(status, "subprotocol not selected")
+        return rest
+
+
+def frame_bounds(buf: bytes | bytearray, at: int) -> tuple[int, int, int] | None:
+    """``(opcode, payload start, frame end)`` of the frame at ``at``, if whole."""
+    if len(buf) < at + 2:
+        return None
+    size, start = buf[at + 1] & 0x7F, at + 2
+    if size == 126:
+        if len(buf) < at + 4:
+            return None
+        size, start = int.from_bytes(buf[at + 2 : at + 4], "big"), at + 4
+    elif size == 127:
+        if len(buf) < at + 10:
+            return None
+        size, start = int.from_bytes(buf[at + 2 : at + 10], "big"), at + 10
+    if buf[at + 1] & 0x80:
+        start += 4
+    if len(buf) < start + size:
+        return None
+    return buf[at] & 0x0F, start, start + size
+
+
+class IdLines:
+    """The lines of a ``nanostream.v1`` fan-out run, whose ids are learnt late.
+
+    A v1 client gets ``<id> <line>``; the ids are ``<start ms>-<n>``, the
+    server's start time unknown to us, so the exact byte stream is built
+    when a client sees its first message, once for all clients alike.
+    """
+
+    def __init__(self, lines: Sequence[bytes]) -> None:
+        self.lines = lines
+        self._built: dict[bytes, Expected] = {}
+
+    @classmethod
+    def from_file(cls, path: str) -> IdLines:
+        return cls(read_lines(path))
+
+    def expected(self, first_message: bytes) -> Expected:
+        """The stream that starts with ``first_message``: ids counting up by one."""
+        first_id = first_message.split(b" ", 1)[0]
+        built = self._built.get(first_id)
+        if built is None:
+            ms, _, n = first_id.partition(b"-")
+            if not (ms.isdigit() and n.isdigit()):
+                ms, n = b"0", b"0"  # not an id: the comparison will say so
+            start = int(n)
+            built = Expected(
+                [
+                    b"%s-%d %s" % (ms, start + i, line)
+                    for i, line in enumerate(self.lines)
+                ]
+            )
+            self._built[first_id] = built
+        return built
+
+
+async def open_exact(
+    url: str,
+    expected: Expected | IdLines,
+    tally: Tally,
+    source: SourceAddr,
+    protocol: str | None = None,
+) -> ExactStream:
+    """Connect to ``url`` (ws://host:port/path?query) and complete the upgrade."""
+    parts = urlsplit(url)
+    request, upgrade = upgrade_request(url, protocol)
     loop = asyncio.get_running_loop()
     kwargs = {} if source is None else {"local_addr": source}
-    _, protocol = await loop.create_connection(
-        lambda: ExactStream(request, key, expected, tally),
+    _, protocol_ = await loop.create_connection(
+        lambda: ExactStream(request, upgrade, expected, tally),
         parts.hostname,
         parts.port,
         **kwargs,
     )
-    await asyncio.wait_for(protocol.opened, 30)
-    return protocol
+    await asyncio.wait_for(protocol_.opened, 30)
+    return protocol_

@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import provenance
+
 # Per kind of scenario: (metric, column title, format, better direction).
 COLUMNS: dict[str, list[tuple[str, str, str, str]]] = {
     "fanout": [
@@ -34,13 +36,67 @@ COLUMNS: dict[str, list[tuple[str, str, str, str]]] = {
         ("rss_loaded_mib", "RSS loaded MiB", "{:.1f}", "lower"),
     ],
 }
+# The nanostream-only scenarios compare nanostream with itself.
+COLUMNS.update(
+    {
+        "fanout-v1": [
+            ("cpu_per_delivery_ratio", "v1/raw CPU per delivery", "{:.3f}", "lower"),
+            ("raw_us_per_delivery", "raw µs/delivery", "{:.3f}", "lower"),
+            ("v1_us_per_delivery", "v1 µs/delivery", "{:.3f}", "lower"),
+            ("v1_deliveries_per_s", "v1 deliveries/s", "{:,.0f}", "higher"),
+        ],
+        "storm": [
+            ("resume_wall_s", "resume: s to all !live", "{:.2f}", "lower"),
+            ("resume_server_cpu_s", "resume: server CPU-s", "{:.2f}", "lower"),
+            ("plain_wall_s", "plain: s to all first line", "{:.2f}", "lower"),
+            ("plain_server_cpu_s", "plain: server CPU-s", "{:.2f}", "lower"),
+            ("quiet_p99_ms", "live p99 ms quiet", "{:.2f}", "lower"),
+            ("resume_p99_ms", "live p99 ms in resume storm", "{:.2f}", "lower"),
+            ("plain_p99_ms", "live p99 ms in plain storm", "{:.2f}", "lower"),
+            ("storm_quiet_p99_ratio", "p99 resume storm / quiet", "{:.2f}", "lower"),
+            ("resume_us_per_replayed_line", "µs CPU/replayed line", "{:.2f}", "lower"),
+        ],
+        "redis": [
+            ("stream_p50_ms", "stream p50 ms", "{:.2f}", "lower"),
+            ("stream_p99_ms", "stream p99 ms", "{:.2f}", "lower"),
+            ("pubsub_p50_ms", "pub/sub p50 ms", "{:.2f}", "lower"),
+            ("pubsub_p99_ms", "pub/sub p99 ms", "{:.2f}", "lower"),
+            ("stream_pubsub_p99_ratio", "p99 stream / pub/sub", "{:.2f}", "lower"),
+        ],
+    }
+)
+# Stated bounds on a scenario's figure: (metric, bound, what it says).
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "fanout-v1": (
+        "cpu_per_delivery_ratio",
+        1.15,
+        "server CPU per delivery to nanostream.v1 clients at most 1.15× raw",
+    ),
+    "storm": (
+        "storm_quiet_p99_ratio",
+        3.0,
+        "live clients' p99 during the resume storm at most 3× quiet",
+    ),
+    "redis": (
+        "stream_pubsub_p99_ratio",
+        1.5,
+        "p99 with a stream source at most 1.5× that with pub/sub",
+    ),
+}
 CPU_COLUMNS = [
     ("server_cpu_share", "server CPU", "{:.0%}", ""),
     ("server_core_busy", "server core busy", "{:.0%}", ""),
     ("loadgen_cpu_share", "loadgen CPU", "{:.0%}", ""),
 ]
 # Correctness counters: summed over repetitions, all must be zero.
-FAULTS = ("lost", "out_of_order", "incomplete_clients", "failed")
+FAULTS = (
+    "lost",
+    "out_of_order",
+    "incomplete_clients",
+    "failed",
+    "id_faults",
+    "resume_faults",
+)
 NANOSTREAM = "nanostream"
 
 
@@ -48,6 +104,8 @@ def correctness_problems(run: dict[str, Any]) -> list[str]:
     """What went wrong in one run, as short phrases (empty when all is well)."""
     if run["error"]:
         return [run["error"].splitlines()[0]]
+    if run.get("skipped"):
+        return []
     m = run["metrics"]
     problems = [f"{k}={m[k]}" for k in FAULTS if m.get(k)]
     if m.get("timed_out"):
@@ -56,6 +114,8 @@ def correctness_problems(run: dict[str, Any]) -> list[str]:
         problems.append(f"server exit status {m['server_exit']} after end of input")
     if m.get("auth_ok") is False:
         problems.append(f"auth checks {m.get('auth_checks')}")
+    if m.get("fault_examples"):
+        problems.append("e.g. " + str(m["fault_examples"][0]))
     return problems
 
 
@@ -73,14 +133,21 @@ def summarize(runs: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, An
     summary: dict[str, Any] = {}
     for run in runs:
         cell = summary.setdefault(run["scenario"], {}).setdefault(
-            run["server"], {"runs": [], "problems": []}
+            run["server"], {"runs": [], "problems": [], "skipped": []}
         )
         cell["runs"].append(run)
         cell["problems"] += correctness_problems(run)
+        for why in (run.get("skipped"), run["metrics"].get("stream_skipped")):
+            if why and why not in cell["skipped"]:
+                cell["skipped"].append(why)
     for scenario, servers in summary.items():
         kind = kinds[scenario]
         for cell in servers.values():
-            good = [r["metrics"] for r in cell.pop("runs") if not r["error"]]
+            good = [
+                r["metrics"]
+                for r in cell.pop("runs")
+                if not r["error"] and not r.get("skipped")
+            ]
             metrics = [c[0] for c in COLUMNS[kind] + CPU_COLUMNS] + [
                 "loadgen_core_busy"
             ]
@@ -92,6 +159,16 @@ def summarize(runs: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, An
             cell["faults"] = {k: sum(m.get(k) or 0 for m in good) for k in FAULTS}
             cell["bottleneck"] = dict(Counter(m.get("bottleneck") for m in good))
             cell["ok"] = not cell["problems"]
+            target = TARGETS.get(kind)
+            median = (
+                cell["metrics"].get(target[0], {}).get("median") if target else None
+            )
+            if target and median is not None:
+                cell["target"] = {
+                    "metric": target[0],
+                    "bound": target[1],
+                    "met": median <= target[1],
+                }
     return summary
 
 
@@ -139,11 +216,19 @@ def markdown(data: dict[str, Any]) -> str:
         f" {config['server_core']}, load generator to core {config['loadgen_core']}.",
         "",
     ]
+    if data.get("source"):
+        lines += [provenance.summary_line(data["source"]), ""]
     summary, kinds = data["summary"], data["kinds"]
+    only = set(data.get("nanostream_only", ()))
     for scenario, servers in summary.items():
         kind = kinds[scenario]
         cols = COLUMNS[kind] + CPU_COLUMNS
         lines += [f"## {scenario}: {data['descriptions'][scenario]}", ""]
+        if scenario in only:
+            lines += [
+                "nanostream only: the peers have no line ids, resume or Redis source.",
+                "",
+            ]
         head = ["server", *(c[1] for c in cols), "bottleneck", "correct"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for server, cell in servers.items():
@@ -157,6 +242,14 @@ def markdown(data: dict[str, Any]) -> str:
             )
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        for server, cell in servers.items():
+            for why in cell.get("skipped", []):
+                lines += [f"{server}: skipped: {why}", ""]
+            target = cell.get("target")
+            if target:
+                stated = TARGETS[kind][2]
+                verdict = "met" if target["met"] else "NOT met"
+                lines += [f"Target ({stated}): {verdict} by the median.", ""]
     if data["ratios"]:
         peers = sorted(
             {p for s in data["ratios"].values() for m in s.values() for p in m["ratio"]}

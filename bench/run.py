@@ -26,6 +26,7 @@ from typing import Any
 
 import machine
 import procfs
+import provenance
 import report
 import scenarios
 import servers
@@ -55,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         help="comma-separated: fanout-N, latency-N@RATE, handshake[-COUNT],"
-        f" memory[-COUNT] (default: {','.join(scenarios.DEFAULT_SCENARIOS)})",
+        " memory[-COUNT], fanout-v1-N, resume-storm[-COUNT],"
+        " stream-latency[-N@RATE]"
+        f" (default: {','.join(scenarios.DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(
         "--duration", type=float, default=10.0, help="seconds per latency run (10)"
@@ -76,10 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def quick_scenarios() -> list[Scenario]:
-    """Small enough for CI: correctness of fan-out and of token checks."""
+    """Small enough for CI: correctness of fan-out, of token checks, of ids
+    and of resume."""
     return [
         Scenario("fanout-5", "fanout", clients=5, lines=300),
         Scenario("handshake-40", "handshake", count=40, concurrency=8),
+        Scenario("fanout-v1-5", "fanout-v1", clients=5, lines=300),
+        Scenario(
+            "resume-storm-20",
+            "storm",
+            clients=5,
+            count=20,
+            lines=100,
+            rate=200.0,
+            duration=1.0,
+        ),
     ]
 
 
@@ -104,6 +118,8 @@ def headline(run: dict[str, Any]) -> str:
     """One progress line for a finished run."""
     if run["error"]:
         return "ERROR " + run["error"].splitlines()[0]
+    if run.get("skipped"):
+        return "skipped: " + run["skipped"]
     m = run["metrics"]
     parts = []
     for key in (
@@ -112,6 +128,15 @@ def headline(run: dict[str, Any]) -> str:
         "latency_p99_ms",
         "handshakes_per_s",
         "kib_per_connection",
+        "cpu_per_delivery_ratio",
+        "resume_wall_s",
+        "plain_wall_s",
+        "resume_plain_cpu_ratio",
+        "quiet_p99_ms",
+        "resume_p99_ms",
+        "stream_p99_ms",
+        "pubsub_p99_ms",
+        "stream_skipped",
         "server_cpu_share",
         "loadgen_cpu_share",
         "bottleneck",
@@ -172,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(1, reps + 1):
             for scenario in plan:
                 for spec in usable:
+                    if scenario.nanostream_only and spec.name != "nanostream":
+                        continue
                     busy = background_busy()
                     run = scenarios.run_one(ctx, spec, scenario, f"rep{rep}")
                     run["rep"] = rep
@@ -191,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"
             ),
+            "source": provenance.describe(servers.REPO, project_python),
             "machine": machine.describe(
                 servers.peer_python(), project_python, servers.PEERS / "node"
             ),
@@ -207,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadgen_core": ctx.loadgen_core,
             },
             "kinds": kinds,
+            "nanostream_only": [s.name for s in plan if s.nanostream_only],
             "descriptions": {s.name: s.describe() for s in plan},
             "summary": summary,
             "ratios": report.ratios(summary, kinds),

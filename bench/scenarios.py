@@ -33,7 +33,7 @@ class Scenario:
     """What to do against each server, with the sizes to use."""
 
     name: str
-    kind: str  # fanout | latency | handshake | memory
+    kind: str  # fanout | latency | handshake | memory | fanout-v1 | storm | redis
     clients: int = 0
     lines: int = 0
     rate: float = 0.0
@@ -51,7 +51,31 @@ class Scenario:
             )
         if self.kind == "handshake":
             return f"{self.count} connections, {self.concurrency} in flight"
+        if self.kind == "fanout-v1":
+            return (
+                f"{self.clients} nanostream.v1 clients against {self.clients} raw"
+                f" ones, {self.lines} lines of ~720 B at full speed each"
+            )
+        if self.kind == "storm":
+            return (
+                f"{self.clients} live clients at {self.rate:g} lines/s; then"
+                f" {self.count} clients resume {self.lines} lines back at once,"
+                f" against {self.count} plain reconnects"
+            )
+        if self.kind == "redis":
+            return (
+                f"{self.clients} clients, {self.rate:g} lines/s for"
+                f" {self.duration:g} s from a Redis stream and from pub/sub"
+            )
         return f"{self.count} idle authenticated connections"
+
+    @property
+    def nanostream_only(self) -> bool:
+        """Resume and the Redis sources are nanostream's: no peer has them."""
+        return self.kind in NANOSTREAM_ONLY
+
+
+NANOSTREAM_ONLY = frozenset({"fanout-v1", "storm", "redis"})
 
 
 DEFAULT_SCENARIOS = (
@@ -61,14 +85,43 @@ DEFAULT_SCENARIOS = (
     "latency-1000@20",
     "handshake",
     "memory",
+    "fanout-v1-1000",
+    "resume-storm",
+    "stream-latency",
 )
 
 
 def parse_scenario(
     name: str, duration: float = 10.0, lines: int | None = None
 ) -> Scenario:
-    """Turn ``fanout-100``, ``latency-1000@20``, ``handshake[-K]``, ``memory[-K]``
-    into a Scenario; sizes not in the name take the defaults of the brief."""
+    """Turn ``fanout-100``, ``latency-1000@20``, ``handshake[-K]``, ``memory[-K]``,
+    ``fanout-v1-N``, ``resume-storm[-K]`` and ``stream-latency[-N@RATE]`` into a
+    Scenario; sizes not in the name take the defaults of the brief."""
+    if m := re.fullmatch(r"fanout-v1-(\d+)", name):
+        # A ratio of two CPU times wants windows of a second or more each:
+        # about five million deliveries.
+        clients = int(m[1])
+        default = min(20000, max(500, 5_000_000 // max(clients, 1)))
+        return Scenario(name, "fanout-v1", clients=clients, lines=lines or default)
+    if m := re.fullmatch(r"resume-storm(?:-(\d+))?", name):
+        # 100 live clients, then K (1000) resume 1000 lines back at once.
+        return Scenario(
+            name,
+            "storm",
+            clients=100,
+            count=int(m[1] or 1000),
+            lines=lines or 1000,
+            rate=200.0,
+            duration=duration,
+        )
+    if m := re.fullmatch(r"stream-latency(?:-(\d+)@(\d+(?:\.\d+)?))?", name):
+        return Scenario(
+            name,
+            "redis",
+            clients=int(m[1] or 100),
+            rate=float(m[2] or 200),
+            duration=duration,
+        )
     if m := re.fullmatch(r"fanout-(\d+)", name):
         clients = int(m[1])
         # About a million deliveries (half a million for few clients).
@@ -126,20 +179,36 @@ class Run:
         self.ctx = ctx
         self.spec = spec
         self.scenario = scenario
+        self.tag = tag
         self.port = free_port()
-        stem = f"{scenario.name}.{spec.name}.{tag}".replace("@", "at")
-        self.server_log = ctx.logdir / f"{stem}.server.log"
-        self.loadgen_log = ctx.logdir / f"{stem}.loadgen.log"
+        self.stem = f"{scenario.name}.{spec.name}.{tag}".replace("@", "at")
+        self.server_log = ctx.logdir / f"{self.stem}.server.log"
+        self.loadgen_log = ctx.logdir / f"{self.stem}.loadgen.log"
 
-    def server(self) -> ServerProcess:
+    def sub(self, part: str) -> Run:
+        """A run of its own (port, logs) for one part of a two-part scenario."""
+        return Run(self.ctx, self.spec, self.scenario, f"{self.tag}.{part}")
+
+    def server(
+        self, extra: tuple[str, ...] = (), listen_options: str = ""
+    ) -> ServerProcess:
+        """The server; ``extra`` arguments and ``listen_options`` (such as
+        ``:backlog=1024``) are for nanostream only."""
         env = {**os.environ, **self.spec.env}
         argv = self.spec.command(self.port, self.ctx.secret_file)
+        if listen_options:
+            at = argv.index("--listen") + 1
+            argv[at] += listen_options
+        argv += extra
         return ServerProcess(argv, self.server_log, self.ctx.server_core, env)
 
-    def loadgen(self, mode: str, *args: object) -> LoadgenProcess:
+    def loadgen(
+        self, mode: str, *args: object, script: str = "loadgen.py", log: str = ""
+    ) -> LoadgenProcess:
+        """A load generator; a second one in the same run needs its own ``log``."""
         argv = [
             self.ctx.python,
-            str(BENCH / "loadgen.py"),
+            str(BENCH / script),
             mode,
             "--url",
             f"ws://127.0.0.1:{self.port}/",
@@ -151,7 +220,10 @@ class Run:
         ]
         if self.ctx.loadgen_core is not None:
             argv += ["--core", str(self.ctx.loadgen_core)]
-        return LoadgenProcess(argv, self.loadgen_log)
+        path = self.loadgen_log
+        if log:
+            path = self.ctx.logdir / f"{self.stem}.{log}.log"
+        return LoadgenProcess(argv, path)
 
 
 def _saturated(share: float, core_busy: float | None) -> bool:
@@ -257,13 +329,16 @@ class Writer(threading.Thread):
         self._stop_flag.set()
 
 
-def run_stream(run: Run) -> dict[str, Any]:
-    """fanout and latency: lines in on stdin, deliveries counted by clients."""
+def run_stream(run: Run, v1: bool = False) -> dict[str, Any]:
+    """fanout and latency: lines in on stdin, deliveries counted by clients;
+    with ``v1`` the clients speak nanostream.v1 and check the ids too."""
     sc = run.scenario
     paced = sc.kind == "latency"
     lines = int(sc.rate * sc.duration) if paced else sc.lines
     args: list[object] = ["--clients", sc.clients, "--expect", lines]
     args += ["--concurrency", 100]
+    if v1:
+        args.append("--v1")
     if paced:
         args.append("--latency")
     else:
@@ -301,6 +376,7 @@ def run_stream(run: Run) -> dict[str, Any]:
         "deliveries": res["delivered"],
         "lost": res["lost"],
         "out_of_order": res["out_of_order"],
+        "id_faults": res.get("id_faults", 0) + res.get("notices", 0),
         "incomplete_clients": sc.clients - res["complete_clients"],
         "timed_out": res["timed_out"],
         "lines_written": writer.written,
@@ -414,15 +490,30 @@ RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
 }
 
 
+class Skipped(Exception):
+    """A scenario that cannot run here (no Redis, a source not built yet)."""
+
+
+def _runner(kind: str) -> Callable[[Run], dict[str, Any]]:
+    if kind in RUNNERS:
+        return RUNNERS[kind]
+    import resume_runs  # the nanostream-only scenarios build on this module
+
+    return resume_runs.RUNNERS[kind]
+
+
 def run_one(
     ctx: Context, spec: ServerSpec, scenario: Scenario, tag: str
 ) -> dict[str, Any]:
     """Run ``scenario`` against ``spec``; failures become an ``error`` entry."""
     run = Run(ctx, spec, scenario, tag)
     started = time.monotonic()
+    skipped = None
     try:
-        metrics = RUNNERS[scenario.kind](run)
+        metrics = _runner(scenario.kind)(run)
         error = None
+    except Skipped as exc:
+        metrics, error, skipped = {}, None, str(exc)
     except (ProcessFailed, OSError, KeyError, ValueError) as exc:
         metrics, error = {}, f"{type(exc).__name__}: {exc}"
     return {
@@ -432,5 +523,6 @@ def run_one(
         "seconds": round(time.monotonic() - started, 1),
         "metrics": metrics,
         "error": error,
-        "logs": [str(run.server_log), str(run.loadgen_log)],
+        "skipped": skipped,
+        "logs": sorted(str(p) for p in ctx.logdir.glob(f"{run.stem}.*")),
     }

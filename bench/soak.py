@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import feed
+import provenance
 import tokens
 from clients import Backend, Connection, Rejected, pick_backend
 
@@ -1032,6 +1033,7 @@ def main() -> None:
             raise SystemExit(f"soak: --url needs --{missing[0].replace('_', '-')}")
         secret = tokens.read_secret(args.secret_file)
         result = run_loop(_options(args, secret, args.server_pid))
+    result["source"] = provenance.current()
     text = json.dumps(result, indent=1)
     if args.json is not None:
         args.json.write_text(text + "\n")
