@@ -21,7 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.protocol import (
+    TrafficStats,
+    WebSocketProtocol,
+    WebSocketServerProtocol,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 #: What Autobahn keeps after the opening handshake that the server side never
@@ -66,7 +70,7 @@ def _as_class_attribute(value: Any) -> Any:
     return staticmethod(value) if callable(value) else value
 
 
-def bind_options(base: type[WebSocketProtocol], factory: Any) -> type[Any]:
+def bind_options(base: type[WebSocketServerProtocol], factory: Any) -> type[Any]:
     """A subclass of ``base`` carrying ``factory``'s protocol options.
 
     With every option a class attribute and ``CONFIG_ATTRS`` empty, Autobahn
