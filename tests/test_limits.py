@@ -21,7 +21,7 @@ from test_websocket import (
     mint,
 )
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransportWithDisconnection,
@@ -426,6 +426,7 @@ class AssemblyTests(WebSocketTestCase):
         self.assertEqual(factory.tracker.max_clients, 3)
         factory.tracker.open = 3
         failure = self.failureResultOf(
-            factory.admission.admit("tcp4:127.0.0.1:1", None, [mint()]), Refused
+            maybeDeferred(factory.admission.decide, "tcp4:127.0.0.1:1", None, [mint()]),
+            Refused,
         )
         self.assertEqual(failure.value.reason, reasons.TOO_MANY_CLIENTS)

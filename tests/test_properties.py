@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from test_attack_corpus import b64, signed
 from test_lines import reference, split_all
 from test_websocket import NOW, SECRET
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -370,7 +371,9 @@ class VerifierProperties(SynchronousTestCase):
         token = signed({"alg": "HS256", "typ": "JWT"}, claims)
         padding = "=" * (-len(token.rsplit(".", 1)[1]) % 4)
         forms = {"plain": token, "padded": token + padding}
-        accepted = self.successResultOf(gate.admit(PEER, None, [forms[spellings[0]]]))
+        accepted = self.successResultOf(
+            maybeDeferred(gate.decide, PEER, None, [forms[spellings[0]]])
+        )
         self.assertEqual(accepted.claims, claims)
         for spelling, wait in zip(spellings, waits, strict=False):
             # Never up to exp: the token would then be expired, not used.  Near
@@ -379,7 +382,7 @@ class VerifierProperties(SynchronousTestCase):
             if clock.seconds() + step < claims["exp"]:
                 clock.advance(step)
             failure = self.failureResultOf(
-                gate.admit(PEER, None, [forms[spelling]]), Refused
+                maybeDeferred(gate.decide, PEER, None, [forms[spelling]]), Refused
             )
             self.assertEqual(failure.value.reason, reasons.ALREADY_USED)
 

@@ -87,10 +87,6 @@ class AcceptanceTests(VerifierTestCase):
         accepted = self.accept(mint({"exp": NOW + 60}), leeway=7)
         self.assertEqual(accepted.expires_at, NOW + 67)
 
-    def test_leeway_property(self) -> None:
-        """The configured leeway is readable by the admission layer."""
-        self.assertEqual(self.verifier(leeway=3.5).leeway, 3.5)
-
 
 class PresenceTests(VerifierTestCase):
     def test_empty_token(self) -> None:
