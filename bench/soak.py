@@ -30,7 +30,8 @@ slow consumers while everyone else keeps receiving.  Afterwards it checks:
   ``nanostream_memory_releases_total`` tells), its resident size was back
   within ``--rss-left-share`` of the growth (peak minus baseline) above the
   baseline; once their tokens had expired too, within
-  ``--rss-expired-share``;
+  ``--rss-expired-share``; either way ``--rss-floor-mib`` is allowed, so
+  that a run whose growth is small is not held to less than page noise;
 * a second wave of as many idle clients took at most ``--rss-slack-mib``
   more resident memory than the first did at its peak.
 
@@ -247,6 +248,7 @@ class Options:
     rss_slack_mib: float
     rss_left_share: float
     rss_expired_share: float
+    rss_floor_mib: float
     drain_timeout: float
     backend: str
 
@@ -773,6 +775,7 @@ def memory_checks(options: Options, memory: dict[str, int | None]) -> dict[str, 
     if baseline is None or not peak:
         return {}
     growth = max(peak - baseline, 0)
+    floor = options.rss_floor_mib * 1024
     checks = {}
     for key, share, name in (
         ("after", options.rss_left_share, "once the clients left"),
@@ -780,9 +783,11 @@ def memory_checks(options: Options, memory: dict[str, int | None]) -> dict[str, 
     ):
         value = memory.get(key)
         if value is not None:
-            checks[f"RSS within {share:.0%} of its growth {name}"] = (
-                value - baseline <= share * growth
+            label = (
+                f"RSS within {share:.0%} of its growth "
+                f"(at least {options.rss_floor_mib:g} MiB) {name}"
             )
+            checks[label] = value - baseline <= max(share * growth, floor)
     wave = memory.get("second_wave")
     if wave is not None:
         checks["a second wave took no more memory than the first"] = (
@@ -861,6 +866,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.15,
         help="share of the RSS growth that may stay once tokens expired (0.15)",
     )
+    add(
+        "--rss-floor-mib",
+        type=float,
+        default=0.5,
+        help="RSS above the baseline always allowed, whatever the shares (0.5)",
+    )
     add("--drain-timeout", type=float, default=180.0, help="bound on each end wait")
     add("--client", default="auto", choices=["auto", "picows", "websockets"])
     add("--json", type=Path, help="write the report here instead of stdout")
@@ -913,6 +924,7 @@ def _options(args: argparse.Namespace, secret: bytes, pid: int | None) -> Option
         rss_slack_mib=args.rss_slack_mib,
         rss_left_share=args.rss_left_share,
         rss_expired_share=args.rss_expired_share,
+        rss_floor_mib=args.rss_floor_mib,
         drain_timeout=args.drain_timeout,
         backend=args.client,
     )
