@@ -1,4 +1,4 @@
-"""The token verifier: BRIEF §3 steps 2 to 5, ``alg`` confusion, identity."""
+"""The token verifier: signature and time checks, ``alg`` confusion, identity."""
 
 from __future__ import annotations
 
