@@ -24,7 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.protocol import (
+    TrafficStats,
+    WebSocketProtocol,
+    WebSocketServerProtocol,
+)
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -78,7 +82,7 @@ def _as_class_attribute(value: Any) -> Any:
     return staticmethod(value) if callable(value) else value
 
 
-def bind_options(base: type[WebSocketProtocol], factory: Any) -> type[Any]:
+def bind_options(base: type[WebSocketServerProtocol], factory: Any) -> type[Any]:
     """A subclass of ``base`` carrying ``factory``'s protocol options.
 
     With every option a class attribute and ``CONFIG_ATTRS`` empty, Autobahn

@@ -19,7 +19,7 @@ or grows our memory beyond the bound.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.interfaces import IReactorTime
@@ -98,7 +98,9 @@ class Broadcaster:
             by default the standard bounds.
         """
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.max_buffer_bytes = max_buffer_bytes
         self.history = History() if history is None else history
         #: The source's archive, for resumes older than the history.

@@ -7,13 +7,16 @@ that operators and tests wait for, with the real port when ``0`` was asked.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,10 +26,8 @@ _log = Logger()
 def describe_address(kind: str, port: IListeningPort) -> str:
     """``tcp:127.0.0.1:8080``, ``ssl:[::1]:8443``, ``unix:/run/x.sock``."""
     address = port.getHost()
-    host = getattr(address, "host", None)
-    if host is not None:
-        if ":" in host:
-            host = f"[{host}]"
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        host = f"[{address.host}]" if ":" in address.host else address.host
         return f"{kind}:{host}:{address.port}"
     name = getattr(address, "name", "")
     if isinstance(name, bytes):
@@ -45,7 +46,7 @@ class AnnouncedEndpoint:
         #: Where it listens once bound (``tcp:127.0.0.1:8080``); None before.
         self.address: str | None = None
 
-    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         d = self._endpoint.listen(factory)
         d.addCallback(self._announce)
         return d
@@ -61,7 +62,10 @@ class AnnouncedEndpoint:
 
 
 def announced_service(
-    description: str, factory: Factory, what: str, reactor: Any = None
+    description: str,
+    factory: IProtocolFactory,
+    what: str,
+    reactor: IReactorCore | None = None,
 ) -> StreamServerEndpointService:
     """``strports.service`` whose listening address is logged when bound."""
     service = strports.service(description, factory, reactor=reactor)

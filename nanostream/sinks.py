@@ -167,8 +167,9 @@ def sink_for(transport: Any, client: Client) -> ClientSink:
 
     TLS connections must go through their transport, which encrypts.
     """
+    write = transport.write
     if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
         handle = transport.getHandle()
         if isinstance(handle, socket.socket):
-            return SocketSink(transport.write, handle.send, client)
-    return ClientSink(transport.write, client)
+            return SocketSink(write, handle.send, client)
+    return ClientSink(write, client)

@@ -10,7 +10,7 @@ Whatever a client sends is read and discarded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import txaio
@@ -21,6 +21,7 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -72,21 +73,28 @@ def _internal_error() -> ConnectionDeny:
     return ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "Internal Server Error")
 
 
-class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):
+# Autobahn's Twisted adapter and its generic protocol annotate ``peer`` apart.
+class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # type: ignore[misc]
     """One listening client."""
 
     # Autobahn's own per-connection chatter (handshake failures, drops) would
     # duplicate our events; it keeps only errors.
-    log = txaio.make_logger(level="error")
+    # (txaio binds make_logger once a framework is chosen, at import.)
+    log = txaio.make_logger(level="error")  # type: ignore[attr-defined]
 
     factory: NanostreamServerFactory
     _sink: ClientSink | None = None
     #: Set on ``nanostream.v1`` clients only, so raw ones carry nothing more.
     _with_ids = False
     _since: bytes | None = None
+    #: Set on the class by the factory's options (see bind_options).
+    openHandshakeTimeout: float
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[Any] | None:
-        """Admit or refuse; at once when the ledger answers at once."""
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        """Admit or refuse; at once when the ledger answers at once.
+
+        Returns the subprotocol to select, or a Deferred firing with it.
+        """
         try:
             query = query_values(self.http_request_uri)
             with_ids = SUBPROTOCOL in request.protocols
@@ -145,7 +153,7 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):
     def onOpen(self) -> None:
         shed_handshake_state(self)
         sink = sink_for(self.transport, self)
-        sink.attach(self.transport)
+        sink.attach(cast(IConsumer, self.transport))
         # Counted only once attached, so onClose never uncounts a client
         # that failed to open.
         self.factory.tracker.opened()
@@ -249,7 +257,7 @@ def query_values(uri: str) -> dict[str, list[str]]:
 class NanostreamServerFactory(WebSocketServerFactory):
     """Builds :class:`NanostreamServerProtocol` s sharing one gate and fan-out."""
 
-    protocol = NanostreamServerProtocol
+    protocol = NanostreamServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -294,7 +302,7 @@ class NanostreamServerFactory(WebSocketServerFactory):
             echoCloseCodeReason=True,
         )
 
-    def setProtocolOptions(self, **options: Any) -> None:
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
         """Set Autobahn options, then bind them to a protocol class of ours.
 
         Autobahn copies every option from the factory onto each connection as

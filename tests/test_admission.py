@@ -35,8 +35,14 @@ class UnreachableLedger:
         return fail(ConnectionError("ledger unreachable"))
 
 
+def admit(gate: Admission, origin: str | None, tokens: list[str]) -> Deferred[Any]:
+    """PEER's handshake through ``gate``, as a Deferred whether or not the
+    gate answered at once."""
+    return maybeDeferred(gate.decide, PEER, origin, tokens)
+
+
 class AdmissionTests(SynchronousTestCase):
-    """Admission.admit decides, logs once per refusal, and never leaks a token."""
+    """The gate decides, logs once per refusal, and never leaks a token."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -65,14 +71,14 @@ class AdmissionTests(SynchronousTestCase):
 
     def test_valid_token_admitted(self) -> None:
         """A fresh valid token fires with the accepted token and logs nothing."""
-        accepted = self.successResultOf(self.gate().admit(PEER, None, [mint()]))
+        accepted = self.successResultOf(admit(self.gate(), None, [mint()]))
         self.assertIsInstance(accepted, AcceptedToken)
         self.assertEqual(accepted.expires_at, NOW + 60)
         self.assertEqual(self.refusals_logged(), [])
 
     def test_origin_checked_before_token(self) -> None:
         """A bad origin is reported even when the token is missing too."""
-        refused = self.refusal(self.gate([ORIGIN]).admit(PEER, "https://evil.net", []))
+        refused = self.refusal(admit(self.gate([ORIGIN]), "https://evil.net", []))
         self.assertEqual(refused.reason, reasons.ORIGIN_NOT_ALLOWED)
         self.assertEqual(refused.status, 403)
 
@@ -80,52 +86,52 @@ class AdmissionTests(SynchronousTestCase):
         """A token presented from a bad origin stays usable from a good one."""
         token = mint()
         gate = self.gate([ORIGIN])
-        self.refusal(gate.admit(PEER, "https://evil.net", [token]))
-        self.successResultOf(gate.admit(PEER, ORIGIN, [token]))
+        self.refusal(admit(gate, "https://evil.net", [token]))
+        self.successResultOf(admit(gate, ORIGIN, [token]))
 
     def test_missing_origin_with_allow_list(self) -> None:
         """Without an Origin header an allow-list refuses the handshake."""
-        refused = self.refusal(self.gate([ORIGIN]).admit(PEER, None, [mint()]))
+        refused = self.refusal(admit(self.gate([ORIGIN]), None, [mint()]))
         self.assertEqual(refused.reason, reasons.ORIGIN_NOT_ALLOWED)
 
     def test_no_parameter(self) -> None:
         """No ``t`` at all is "no token supplied" with 401."""
-        refused = self.refusal(self.gate().admit(PEER, None, []))
+        refused = self.refusal(admit(self.gate(), None, []))
         self.assertEqual(refused.reason, reasons.NO_TOKEN)
         self.assertEqual(refused.status, 401)
 
     def test_empty_parameter(self) -> None:
         """An empty ``t`` is "no token supplied"."""
-        refused = self.refusal(self.gate().admit(PEER, None, [""]))
+        refused = self.refusal(admit(self.gate(), None, [""]))
         self.assertEqual(refused.reason, reasons.NO_TOKEN)
 
     def test_repeated_parameter(self) -> None:
         """Two ``t`` values are an invalid token, whatever each one is."""
-        refused = self.refusal(self.gate().admit(PEER, None, [mint(), mint()]))
+        refused = self.refusal(admit(self.gate(), None, [mint(), mint()]))
         self.assertEqual(refused.reason, reasons.INVALID)
 
     def test_repeated_parameter_consumes_nothing(self) -> None:
         """A refused pair of tokens leaves both unused."""
         token = mint()
-        self.refusal(self.gate().admit(PEER, None, [token, token]))
+        self.refusal(admit(self.gate(), None, [token, token]))
         self.assertEqual(self.ledger.size, 0)
 
     def test_verifier_reason_passed_through(self) -> None:
         """A verifier's rejection becomes a refusal with the same phrase."""
-        refused = self.refusal(self.gate().admit(PEER, None, [mint(exp=NOW - 1)]))
+        refused = self.refusal(admit(self.gate(), None, [mint(exp=NOW - 1)]))
         self.assertEqual(refused.reason, reasons.EXPIRED)
 
     def test_second_use_refused(self) -> None:
         """The same token twice: admitted, then "token already used"."""
         gate = self.gate()
         token = mint()
-        self.successResultOf(gate.admit(PEER, None, [token]))
-        refused = self.refusal(gate.admit(PEER, None, [token]))
+        self.successResultOf(admit(gate, None, [token]))
+        refused = self.refusal(admit(gate, None, [token]))
         self.assertEqual(refused.reason, reasons.ALREADY_USED)
 
     def test_each_refusal_logged_once_with_fields(self) -> None:
         """A refusal is one warning with reason, status, peer and origin."""
-        self.refusal(self.gate().admit(PEER, ORIGIN, []))
+        self.refusal(admit(self.gate(), ORIGIN, []))
         [event] = self.refusals_logged()
         self.assertEqual(event["log_level"].name, "warn")
         self.assertEqual(event["reason"], reasons.NO_TOKEN)
@@ -137,35 +143,33 @@ class AdmissionTests(SynchronousTestCase):
         """A reused token logs one refusal, and the first use logs none."""
         gate = self.gate()
         token = mint()
-        self.successResultOf(gate.admit(PEER, None, [token]))
-        self.refusal(gate.admit(PEER, None, [token]))
+        self.successResultOf(admit(gate, None, [token]))
+        self.refusal(admit(gate, None, [token]))
         [event] = self.refusals_logged()
         self.assertEqual(event["reason"], reasons.ALREADY_USED)
 
     def test_no_auth_admits_without_token(self) -> None:
         """With no verifier (--no-auth) a handshake without a token passes."""
-        self.assertIsNone(
-            self.successResultOf(self.gate(auth=False).admit(PEER, None, []))
-        )
+        self.assertIsNone(self.successResultOf(admit(self.gate(auth=False), None, [])))
 
     def test_no_auth_still_checks_origin(self) -> None:
         """--no-auth does not switch off the origin allow-list."""
         gate = self.gate([ORIGIN], auth=False)
-        self.successResultOf(gate.admit(PEER, ORIGIN, []))
-        refused = self.refusal(gate.admit(PEER, "https://evil.net", []))
+        self.successResultOf(admit(gate, ORIGIN, []))
+        refused = self.refusal(admit(gate, "https://evil.net", []))
         self.assertEqual(refused.reason, reasons.ORIGIN_NOT_ALLOWED)
 
     def test_ledger_failure_is_not_admission(self) -> None:
         """A ledger that cannot answer makes the admission fail, never pass."""
         ledger = UnreachableLedger()
-        d = self.gate(ledger=ledger).admit(PEER, None, [mint()])
+        d = admit(self.gate(ledger=ledger), None, [mint()])
         self.failureResultOf(d)
         self.assertEqual(ledger.asked, 1)
 
     def test_ledger_failure_refuses_with_503(self) -> None:
         """A ledger that cannot answer is a 503 "ledger unavailable", logged once."""
         refused = self.refusal(
-            self.gate(ledger=UnreachableLedger()).admit(PEER, None, [mint()])
+            admit(self.gate(ledger=UnreachableLedger()), None, [mint()])
         )
         self.assertEqual(
             (refused.reason, refused.status), (reasons.LEDGER_UNAVAILABLE, 503)
@@ -177,9 +181,9 @@ class AdmissionTests(SynchronousTestCase):
         """No refusal event carries the token it refused."""
         gate = self.gate()
         tokens = [mint(), mint(exp=NOW - 1), mint(exp=NOW + 99999), "a.b.c"]
-        self.successResultOf(gate.admit(PEER, None, [tokens[0]]))
+        self.successResultOf(admit(gate, None, [tokens[0]]))
         for token in tokens:
-            self.refusal(gate.admit(PEER, None, [token]))
+            self.refusal(admit(gate, None, [token]))
         self.assertEqual(len(self.refusals_logged()), 4)
         for event in self.events:
             text = repr(event)

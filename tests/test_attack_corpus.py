@@ -1,4 +1,4 @@
-"""The attack corpus: every hostile handshake of issue 6 and how it is answered.
+"""The attack corpus: every hostile handshake we know of and how it is answered.
 
 Each case is one handshake over ``iosim`` against the server assembled as
 ``makeService`` assembles it (TokenVerifier, MemoryLedger and Admission on

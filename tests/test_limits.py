@@ -17,7 +17,7 @@ import support
 from support import NOW, SECRET, mint
 from test_websocket import SERVER_ADDRESS, WebSocketTestCase
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransportWithDisconnection,
@@ -413,6 +413,7 @@ class AssemblyTests(WebSocketTestCase):
         self.assertEqual(factory.tracker.max_clients, 3)
         factory.tracker.open = 3
         failure = self.failureResultOf(
-            factory.admission.admit("tcp4:127.0.0.1:1", None, [mint()]), Refused
+            maybeDeferred(factory.admission.decide, "tcp4:127.0.0.1:1", None, [mint()]),
+            Refused,
         )
         self.assertEqual(failure.value.reason, reasons.TOO_MANY_CLIENTS)

@@ -1,4 +1,4 @@
-"""The line splitter: BRIEF §4's rules for cutting a byte stream into lines."""
+"""The line splitter: the rules for cutting a byte stream into lines."""
 
 from __future__ import annotations
 

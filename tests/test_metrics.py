@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import mint
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -124,7 +124,9 @@ class OtherCounterTests(SynchronousTestCase):
             clock, TokenVerifier(SECRET), MemoryLedger(clock), OriginPolicy(())
         )
         for tokens in ([], [""], ["not-a-token"]):
-            self.failureResultOf(admission.admit("tcp4:192.0.2.1:1", None, tokens))
+            self.failureResultOf(
+                maybeDeferred(admission.decide, "tcp4:192.0.2.1:1", None, tokens)
+            )
         self.assertEqual(admission.refused[reasons.NO_TOKEN], 2)
         self.assertEqual(admission.refused[reasons.INVALID], 1)
         self.assertEqual(admission.refused[reasons.EXPIRED], 0)
@@ -156,7 +158,9 @@ class LedgerRefusalTests(SynchronousTestCase):
             clock, TokenVerifier(SECRET), BrokenLedger(), OriginPolicy(())
         )
         token = mint(SECRET, now=0)
-        self.failureResultOf(admission.admit("tcp4:192.0.2.1:1", None, [token]))
+        self.failureResultOf(
+            maybeDeferred(admission.decide, "tcp4:192.0.2.1:1", None, [token])
+        )
         self.assertEqual(admission.refused[reasons.LEDGER_UNAVAILABLE], 1)
 
 
@@ -183,7 +187,9 @@ class CollectorTests(SynchronousTestCase):
 
     def test_refusals_by_reason(self) -> None:
         """A refused origin shows in its own label value."""
-        self.failureResultOf(self.admission.admit("p", "https://evil", []))
+        self.failureResultOf(
+            maybeDeferred(self.admission.decide, "p", "https://evil", [])
+        )
         rejected = scrape(self.collector)["nanostream_handshakes_rejected_total"]
         self.assertEqual(rejected[(reasons.ORIGIN_NOT_ALLOWED,)], 1.0)
         self.assertEqual(rejected[(reasons.NO_TOKEN,)], 0.0)

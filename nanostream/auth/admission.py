@@ -1,7 +1,8 @@
-"""Decides whether a handshake may become a client (BRIEF §3).
+"""Decides whether a handshake may become a client.
 
-Runs the checks in the brief's order (origin, room for one more client,
-token presence, signature and claims, single use) and logs each refusal once,
+Runs the checks in the order README.rst lists them (origin, room for one
+more client, token presence, signature and claims, single use; the first
+that fails names the reason) and logs each refusal once,
 with its fixed reason phrase, the peer and the Origin: never the token.  It
 knows nothing of WebSockets; the protocol turns a :class:`Refused` into an
 HTTP status.
@@ -63,15 +64,6 @@ class Admission:
         #: Refusals so far by reason phrase, read by the metrics at scrape time.
         self.refused: dict[str, int] = dict.fromkeys(reasons.REASONS, 0)
 
-    def admit(
-        self, peer: str, origin: str | None, tokens: Sequence[str]
-    ) -> Deferred[AcceptedToken | None]:
-        """Fire with the accepted token (None without auth) or fail with Refused.
-
-        :param tokens: every value of the ``t`` query parameter.
-        """
-        return maybeDeferred(self.decide, peer, origin, tokens)
-
     def decide(
         self,
         peer: str,
@@ -81,12 +73,12 @@ class Admission:
         since: Sequence[str] = (),
         with_ids: bool = False,
     ) -> AcceptedToken | None | Deferred[AcceptedToken | None]:
-        """:meth:`admit`, answered at once when the ledger can answer at once.
+        """Admit or refuse one handshake, at once when the ledger answers at once.
 
-        Returns the accepted token (None without auth), raises
-        :class:`Refused`, or returns a Deferred when the ledger must be asked
-        over the network (Redis).
-
+        :param tokens: every value of the ``t`` query parameter.
+        :return: the accepted token (None without auth), or a Deferred firing
+            with it when the ledger must be asked over the network (Redis).
+        :raises Refused: at once, or through the Deferred.
         :param since: every value of the ``since`` query parameter.
         :param with_ids: whether the client asked for ``nanostream.v1``,
             without which it cannot resume.
@@ -105,8 +97,10 @@ class Admission:
                 self._ledger_failed(Failure(), peer, origin)
             return self._first_use(first, accepted, peer, origin)
         assert self._ledger is not None
-        d = maybeDeferred(self._ledger.consume, accepted.token_id, accepted.expires_at)
-        d.addCallbacks(
+        consumed = maybeDeferred(
+            self._ledger.consume, accepted.token_id, accepted.expires_at
+        )
+        d: Deferred[AcceptedToken | None] = consumed.addCallbacks(
             self._first_use,
             self._ledger_failed,
             callbackArgs=(accepted, peer, origin),
@@ -162,7 +156,12 @@ class Admission:
         raise refused
 
     def refuse(
-        self, reason: str, peer: str, origin: str | None, *, status: int | None = None
+        self,
+        reason: str,
+        peer: str | None,
+        origin: str | None,
+        *,
+        status: int | None = None,
     ) -> Refused:
         """Log and count a refusal decided before the gate could be asked.
 
@@ -177,7 +176,9 @@ class Admission:
         self._log_refusal(refused, peer, origin)
         return refused
 
-    def _log_refusal(self, refused: Refused, peer: str, origin: str | None) -> None:
+    def _log_refusal(
+        self, refused: Refused, peer: str | None, origin: str | None
+    ) -> None:
         """Log and count a refusal: the one place every refusal passes."""
         self.refused[refused.reason] = self.refused.get(refused.reason, 0) + 1
         _log.warn(

@@ -1,4 +1,8 @@
-"""The used-token ledger: each token is accepted at most once (BRIEF §3.6).
+"""The used-token ledger: each token is accepted at most once.
+
+However a token is re-encoded on the wire it is one identity
+(:func:`nanostream.auth.tokens.token_identity`), so it cannot be replayed in
+another spelling.
 
 A ledger remembers a token's identity until the token could no longer be
 accepted anyway, then forgets it, so its size is bounded by the tokens

@@ -28,19 +28,15 @@ class OriginPolicy:
     """An allow-list of Origin patterns; an empty list allows any origin."""
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = tuple(patterns)
+        listed = tuple(patterns)
         self._regex = (
             re.compile(
-                "|".join(f"(?:{_compile(p)})" for p in self.patterns),
+                "|".join(f"(?:{_compile(p)})" for p in listed),
                 re.IGNORECASE | re.ASCII,
             )
-            if self.patterns
+            if listed
             else None
         )
-
-    @property
-    def restricted(self) -> bool:
-        return self._regex is not None
 
     def allows(self, origin: str | None) -> bool:
         """True if a handshake carrying this Origin (or none) may proceed.

@@ -1,4 +1,6 @@
-"""The fixed phrases a refused handshake is logged with (BRIEF §3).
+"""The fixed phrases a refused handshake is logged with.
+
+README.rst lists them with their HTTP status and meaning.
 
 Operators grep for these and metrics label by them, so they never change
 and never carry request data.

@@ -1,4 +1,7 @@
-"""The used-token ledger in Redis, shared by every node of a fleet (BRIEF §7).
+"""The used-token ledger in Redis, shared by every node of a fleet.
+
+With ``--ledger redis://...`` a token is single use across the whole fleet,
+not just on the node that saw it (docs/scaling.rst).
 
 One atomic ``SET prefix+hex(identity) 1 NX PXAT expiry`` per handshake: the
 node whose SET creates the key is the token's first use; every other node,

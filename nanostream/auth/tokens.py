@@ -1,4 +1,4 @@
-"""Checks a connection token against BRIEF §3, knowing nothing of WebSockets.
+"""Checks a connection token's signature and times, knowing nothing of WebSockets.
 
 The verifier is pure: it takes the token string and the current time and
 either returns what the ledger needs (an identity and an expiry) or raises
@@ -149,7 +149,10 @@ def token_identity(signing_input: bytes, signature: bytes) -> bytes:
 
 
 class TokenVerifier:
-    """Checks 2 to 5 of BRIEF §3 for HS256 tokens signed with one secret."""
+    """Checks HS256 tokens signed with one secret: the signature (no other
+    ``alg``), then ``exp`` present, not expired, ``nbf``/``iat`` not ahead,
+    and ``exp`` no further ahead than ``max_ttl``, each with the leeway.
+    """
 
     def __init__(
         self, secret: bytes, *, leeway: float = 0.0, max_ttl: float = 3600.0
@@ -159,10 +162,6 @@ class TokenVerifier:
         self._max_ttl = max_ttl
         self._jws = jwt.PyJWS(algorithms=[])
         self._jws.register_algorithm("HS256", _PreparedHS256(secret))
-
-    @property
-    def leeway(self) -> float:
-        return self._leeway
 
     def verify(self, token: str, now: float) -> AcceptedToken:
         """Return the accepted token, or raise :class:`TokenRejected`."""

@@ -69,4 +69,4 @@ def is_loopback_endpoint(description: str) -> bool:
     interface = kwargs.get("interface")
     if interface is None and len(args) > position:
         interface = args[position]
-    return bool(interface) and is_loopback_address(interface)
+    return interface is not None and is_loopback_address(interface)

@@ -12,9 +12,12 @@ exactly as it does without ``--demo``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.websocket import WebSocketServerFactory
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.http import SERVICE_UNAVAILABLE
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
@@ -56,18 +59,22 @@ class WebSocketUpgrade:
         raise NotImplementedError("a WebSocket endpoint has no children")
 
     def render(self, request: IRequest) -> bytes | int:
-        channel = request.channel
-        transport = channel.transport
+        # ``IRequest`` promises no channel; twisted.web's requests have one.
+        channel: Any = getattr(request, "channel", None)
+        transport = getattr(channel, "transport", None)
         if transport is None:  # HTTP/2 has no connection to give away
             request.setResponseCode(UPGRADE_REQUIRED)
             request.setHeader(b"upgrade", b"websocket")
             return b""
         protocol = self._factory.buildProtocol(transport.getPeer())
+        if protocol is None:  # the factory turned the connection away
+            request.setResponseCode(SERVICE_UNAVAILABLE)
+            return b""
 
         # The channel registered itself as the connection's producer when it
         # was made (see HTTPChannel.connectionMade); it will never read again.
         channel.transport = None
-        if IPushProducer.providedBy(transport):
+        if IConsumer.providedBy(transport):
             transport.unregisterProducer()
         wrapper = getattr(transport, "protocol", None)
         if isinstance(transport, ProtocolWrapper):  # TLS over a wrapping factory

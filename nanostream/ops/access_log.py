@@ -1,4 +1,4 @@
-"""Access logs that never carry a token (issue 4, item 8).
+"""Access logs that never carry a token (docs/operating.rst).
 
 ``twisted.web`` writes one access-log line per request, with the full
 request URI and the ``Referer``.  Clients put their token in the ``t`` query

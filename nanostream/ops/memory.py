@@ -1,26 +1,13 @@
 """Hands freed memory back to the operating system once clients have left.
 
-A closed connection's objects are freed at once, but the process keeps the
-pages for reuse: glibc's ``malloc`` returns freed heap to the system only
-from its top, so after a wave of clients the resident size stays at its
-peak.  :class:`MemoryTrimmer` checks on a timer, never on the hot path,
-whether the clients (or the used tokens the ledger remembers) have fallen to
-half their peak or less; then it releases: it drops two interpreter caches
-that keep small objects allocated during the wave alive (``urlsplit``'s,
-holding the last 128 request URIs, tokens included, and the type attribute
-cache, holding attribute names), collects every generation (which also
-empties the interpreter's free lists) and calls glibc's ``malloc_trim(0)``,
-which returns every whole free page.
-
-CPython's own small-object allocator returns a 1 MiB arena only once every
-object in it is gone, and a few long-lived objects allocated during a wave
-keep most arenas; the trim then reaches only what glibc holds.  With
-``PYTHONMALLOC=malloc`` (the systemd units set it) every allocation is
-glibc's, and most of the wave's memory goes back: docs/reliability.rst has
-the figures.
-
-Where the C library has no ``malloc_trim`` (musl, macOS), there is nothing
-to call and no trimmer is made.
+The process keeps freed pages for reuse, so after a wave of clients its
+resident size would stay at the peak.  A timer, off the hot path, notices
+when the clients or the remembered tokens have halved and then releases:
+it drops two caches that pin small objects, collects every generation and
+calls glibc's ``malloc_trim(0)``.  Why, what that reaches (all of it only
+with ``PYTHONMALLOC=malloc``) and the figures: docs/reliability.rst,
+"Memory after a wave".  Without ``malloc_trim`` (musl, macOS) no trimmer
+is made.
 """
 
 from __future__ import annotations
@@ -103,12 +90,9 @@ def _fell(peak: int, now: int, min_drop: int) -> bool:
 class MemoryTrimmer(TimerService):
     """Every ``interval`` seconds, releases memory if the load has halved.
 
-    It keeps the most clients open at once since the last release (the
-    tracker notes a peak between two checks too) and the most used tokens
-    the ledger remembered.  Remembered tokens count because each keeps a
-    few small objects allocated among its connection's until it expires,
-    and with them the pages around: a wave's memory can go back only once
-    its tokens have gone too.
+    The load is the most clients open at once since the last release (the
+    tracker notes peaks between checks) and the used tokens the ledger
+    remembers, since each pins pages of its wave until it expires.
     """
 
     def __init__(
@@ -164,12 +148,9 @@ class MemoryTrimmer(TimerService):
 class StartupFreezer(Service):
     """Takes what start-up built out of the garbage collector's sight.
 
-    The modules, classes and functions loaded at start-up (some 59,000
-    objects) live as long as the process, yet every full collection, the
-    automatic ones under churn and each release above, would walk them all
-    again: tens of milliseconds in which no line goes out.  Frozen once the
-    service runs (after a collection, so no start-up garbage is kept), a
-    full collection walks only what clients and tokens made since.
+    Start-up's modules, classes and functions live as long as the process;
+    frozen once the service runs (after a collection, so no garbage is
+    kept), full collections no longer walk them (docs/reliability.rst).
     """
 
     def startService(self) -> None:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import (
     Certificate,
     optionsForClientTLS,
@@ -82,7 +85,7 @@ class RedisTarget:
             endpoint = wrapClientTLS(self._tls_options(), endpoint)
         return endpoint
 
-    def _tls_options(self) -> object:
+    def _tls_options(self) -> IOpenSSLClientConnectionCreator:
         if self.ca is None:
             return optionsForClientTLS(self.host)
         with open(self.ca, "rb") as f:

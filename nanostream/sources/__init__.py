@@ -2,7 +2,7 @@
 
 Every source ends in the same place: lists of whole lines handed to a
 :class:`LineSink` (the broadcaster), one list per read, so a new source is a
-new module here and nothing else changes.
+new module here plus the option that picks it (docs/architecture.rst).
 """
 
 from __future__ import annotations

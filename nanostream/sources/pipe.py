@@ -17,7 +17,7 @@ import os
 import stat
 
 from twisted.internet import abstract, fdesc, main
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -45,12 +45,14 @@ class PipeReader(abstract.FileDescriptor):
         self, fd: int, protocol: Protocol, reactor: IReactorFDSet | None = None
     ) -> None:
         super().__init__(reactor)
+        # The same reactor as the clock that schedules ``connectionLost``.
+        self._clock = IReactorTime(self.reactor)
         self._fd = fd
         # One buffer for every read: a fresh 1 MiB bytes per read would cost
         # an mmap, an mremap and an munmap even for a single short line.
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
-        self.protocol = protocol
+        self.protocol: Protocol | None = protocol
         fdesc.setNonBlocking(fd)
         widen_pipe(fd)
         self.connected = True
@@ -60,7 +62,10 @@ class PipeReader(abstract.FileDescriptor):
     def fileno(self) -> int:
         return self._fd
 
-    def doRead(self) -> Failure | None:
+    def doRead(self) -> Exception | None:
+        # The reactor takes the exception itself (``main.CONNECTION_DONE``
+        # for end of input), as Twisted's own descriptors return it, though
+        # ``IReadDescriptor`` is annotated with ``Failure``.
         try:
             size = os.readv(self._fd, (self._buffer,))
         except OSError as e:
@@ -71,7 +76,8 @@ class PipeReader(abstract.FileDescriptor):
             return main.CONNECTION_DONE
         # A copy of just what arrived: the protocol may keep it (a partial
         # line) while the buffer takes the next read.
-        self.protocol.dataReceived(self._view[:size].tobytes())
+        if self.protocol is not None:
+            self.protocol.dataReceived(self._view[:size].tobytes())
         return None
 
     def writeSomeData(self, data: bytes) -> int:
@@ -82,9 +88,7 @@ class PipeReader(abstract.FileDescriptor):
         if self.connected and not self.disconnecting:
             self.disconnecting = True
             self.stopReading()
-            self.reactor.callLater(
-                0, self.connectionLost, Failure(main.CONNECTION_DONE)
-            )
+            self._clock.callLater(0, self.connectionLost, Failure(main.CONNECTION_DONE))
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

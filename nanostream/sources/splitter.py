@@ -1,4 +1,4 @@
-"""Cuts a byte stream into lines by the rules of BRIEF §4.
+"""Cuts a byte stream into lines.
 
 A line ends at ``\\n``; one trailing ``\\r`` is stripped; empty lines are
 skipped; a line longer than the limit is discarded whole, however it was

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -27,7 +28,7 @@ class StdioSource(Service):
         sink: LineSink,
         max_line_bytes: int,
         on_eof: Callable[[], None],
-        reactor: object = None,
+        reactor: IReactorFDSet | None = None,
         status: SourceStatus | None = None,
         *,
         stdin: int = 0,

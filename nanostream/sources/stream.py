@@ -47,7 +47,7 @@ class LineSourceProtocol(Protocol):
 
         Any other loss (a reset, a read error) cuts the stream short, so an
         unfinished line is a fragment and is discarded: lines are never
-        truncated (BRIEF §4).
+        truncated.
         """
         lines = self._splitter.finish()
         if lines and not reason.check(ConnectionDone):
@@ -90,7 +90,7 @@ class LineSourceFactory(Factory):
         self.status.down("no producer connected")
         self.producers = 0
 
-    def buildProtocol(self, addr: IAddress) -> LineSourceProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> LineSourceProtocol:
         name = _describe(addr)
         self.producers += 1
         self.status.up(f"{self.producers} producers connected")
@@ -117,7 +117,7 @@ class LineSourceFactory(Factory):
         )
 
 
-def _describe(addr: IAddress) -> str:
+def _describe(addr: IAddress | None) -> str:
     host = getattr(addr, "host", None)
     if host is not None:
         return f"{host}:{getattr(addr, 'port', '')}"

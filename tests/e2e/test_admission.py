@@ -1,4 +1,4 @@
-"""Every refusal of BRIEF §3 as a real client and the operator's log see it."""
+"""Every handshake refusal as a real client and the operator's log see it."""
 
 from __future__ import annotations
 

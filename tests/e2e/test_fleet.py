@@ -1,4 +1,4 @@
-"""Two real ``twistd -n nanostream`` nodes fed by one Redis channel (BRIEF §7).
+"""Two real ``twistd -n nanostream`` nodes fed by one Redis channel.
 
 Both nodes share a secret, a ``--source redis://...?channel=`` and a
 ``--ledger redis://...``; lines go in through ``nanostream publish``.

@@ -1,4 +1,4 @@
-"""How the process ends: end of stdin, SIGTERM, and usage errors (BRIEF §2, §5)."""
+"""How the process ends: end of stdin, SIGTERM, and usage errors."""
 
 from __future__ import annotations
 
