@@ -13,6 +13,7 @@ from itertools import count
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
+from test_broadcast import parse_frames
 from test_websocket import (
     _CLIENT_TIMERS_OFF,
     _SERVER_TIMERS_OFF,
@@ -27,7 +28,9 @@ from test_websocket import (
 )
 from test_websocket import mint as mint_claims
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.auth import reasons
 from nanostream.auth.admission import Admission
@@ -37,6 +40,7 @@ from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
 from nanostream.resume.history import History
+from nanostream.sinks import SocketSink
 from nanostream.websocket import NanostreamServerFactory
 
 V1 = "nanostream.v1"
@@ -439,3 +443,58 @@ class SourceGapTests(ResumeTestCase):
         self.flush()
         self.assertFalse(raw.client.closed)
         self.assertEqual(raw.client.messages, text(b"after"))
+
+
+class RecordedConnection:
+    """What a plain-socket sink writes, to the kernel or to the transport."""
+
+    def __init__(self) -> None:
+        self.queued: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.dropped: list[int] = []
+
+    def socket_send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def dropSlowConsumer(self, unsent: int) -> None:
+        self.dropped.append(unsent)
+
+    def goAway(self) -> None:
+        raise AssertionError("not expected")
+
+    def closeForGap(self) -> None:
+        raise AssertionError("not expected")
+
+
+class ReplayStartTests(SynchronousTestCase):
+    """A replay on a plain socket starts once the handshake response is out."""
+
+    def test_backlog_beyond_the_bound_does_not_drop(self) -> None:
+        """A resume whose backlog exceeds --max-buffer-bytes is fed, not dropped.
+
+        Until its transport drains, a plain-socket sink queues behind the
+        handshake response and counts what it queues as unsent: a replay
+        chunk written then would make a client that is not slow look slow.
+        """
+        clock = Clock()
+        clock.advance(NOW)
+        broadcaster = Broadcaster(16 * 1024, clock, History(10_000, 10**7))
+        lines = [b"%04d " % n + b"x" * 95 for n in range(1, 1001)]
+        broadcaster.broadcast(lines)
+        connection = RecordedConnection()
+        sink = SocketSink(connection.queued.append, connection.socket_send, connection)
+        broadcaster.resume(sink, lid(1))
+        clock.advance(0)
+        self.assertEqual(connection.dropped, [])
+        self.assertEqual(connection.queued, [])
+        # The handshake response has left: the transport reports a drain.
+        sink.resumeProducing()
+        for _ in range(100):
+            clock.advance(0)
+        self.assertEqual(connection.dropped, [])
+        payloads = [payload for _, payload in parse_frames(b"".join(connection.sent))]
+        self.assertEqual(
+            payloads,
+            [lid(n) + b" " + lines[n - 1] for n in range(2, 1001)] + [b"!live"],
+        )

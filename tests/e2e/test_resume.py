@@ -178,6 +178,27 @@ class ResumeTests(ServiceTestCase):
         ms = id_parts(last_id)[0]
         self.assertEqual(receive(resumed, 1), expected(ms, 3, 3))
 
+    def test_backlog_beyond_the_buffer_bound(self) -> None:
+        """A resume with more to catch up than --max-buffer-bytes is not dropped."""
+        service = self.start(options=["--max-buffer-bytes", "16384"])
+        witness = service.connect(service.mint())
+        # It reads on while closing, so that its close is not held up.
+        first = service.connect_v1(service.mint(), max_queue=None)
+        service.write(
+            b"".join(b"%04d " % n + b"x" * 95 + b"\n" for n in range(1, 1001))
+        )
+        since, _ = split_id(first.recv(timeout=EVENT_TIMEOUT))
+        first.close()
+        self.assertEqual(len(receive(witness, 1000)), 1000)
+        resumed = service.connect_v1(service.mint(), since=since)
+        messages = receive(resumed, 1000)
+        self.assertEqual(messages[-1], "!live")
+        self.assertEqual(
+            [int(line[:4]) for _, line in map(split_id, messages[:-1])],
+            list(range(2, 1001)),
+        )
+        self.assertNotIn("slow consumer", service.log.text())
+
     def test_gap_past_the_history_bound(self) -> None:
         """A since older than the history: !gap since oldest, the held lines, !live."""
         service = self.start(options=["--history-lines", "100"])
