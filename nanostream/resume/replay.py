@@ -188,12 +188,6 @@ class Replay:
         if self._cancelled:
             return
         sink = self._sink
-        if not sink.ready:
-            # Not before the client has taken what it was sent (at first, the
-            # handshake response): a chunk written behind it would count as
-            # backlog and could drop a client that is not slow at all.
-            sink.on_drain = self._drained
-            return
         if self._pending:
             self._send_pending()
         elif self._position is None and not self._archive_done:
