@@ -43,7 +43,7 @@ from certificates import self_signed_certificate  # noqa: F401  (re-exported)
 from twisted.trial.unittest import SynchronousTestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
-from websockets.typing import Origin
+from websockets.typing import Origin, Subprotocol
 
 #: ``twistd`` of the interpreter running the tests (the project's venv).
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -55,6 +55,11 @@ STOP_TIMEOUT = 10.0
 
 LOOPBACK = "127.0.0.1"
 LISTEN_LOOPBACK = f"tcp:0:interface={LOOPBACK}"
+
+#: The subprotocol whose clients get ids, notices and resume.
+V1 = "nanostream.v1"
+
+_ID = re.compile(r"[0-9]+-[0-9]+")
 
 _LISTENING = re.compile(r"(?P<what>websocket|source) listening on (?P<address>\S+)$")
 
@@ -226,6 +231,30 @@ class Refusal:
 def receive(client: ClientConnection, count: int) -> list[str | bytes]:
     """The next ``count`` messages, each awaited for at most EVENT_TIMEOUT."""
     return [client.recv(timeout=EVENT_TIMEOUT) for _ in range(count)]
+
+
+def split_id(message: str | bytes) -> tuple[str, str | bytes]:
+    """A ``nanostream.v1`` line message as its id and its line.
+
+    The line keeps the message's type: text for a text message, bytes for
+    a binary one.  A notice (``!gap``, ``!live``) or anything else without
+    an id in front fails.
+    """
+    if isinstance(message, str):
+        line_id, space, line = message.partition(" ")
+        found: str | bytes = line
+    else:
+        raw_id, space, found = message.partition(b" ")
+        line_id = raw_id.decode("ascii", "replace")
+    if not space or _ID.fullmatch(line_id) is None:
+        raise AssertionError(f"expected <id> <line>, got {message!r}")
+    return line_id, found
+
+
+def id_parts(line_id: str) -> tuple[int, int]:
+    """``<ms>-<seq>`` as its two integers, the order ids compare in."""
+    ms, _, seq = line_id.partition("-")
+    return int(ms), int(seq)
 
 
 def close_code(client: ClientConnection) -> int | None:
@@ -454,14 +483,17 @@ class Nanostream:
 
     # -- clients ------------------------------------------------------------
 
-    def _query(self, token: str | None, query: str | None) -> str:
+    def _query(self, token: str | None, query: str | None, since: str | None) -> str:
         if query is not None:
             self.sent_tokens.append(query)
             return query
-        if token is None:
-            return ""
-        self.sent_tokens.append(token)
-        return f"?t={token}"
+        parts = []
+        if token is not None:
+            self.sent_tokens.append(token)
+            parts.append(f"t={token}")
+        if since is not None:
+            parts.append(f"since={since}")
+        return "?" + "&".join(parts) if parts else ""
 
     def _open(
         self,
@@ -470,10 +502,14 @@ class Nanostream:
         origin: str | None,
         tls: ssl.SSLContext | None,
         address: Address | None,
+        subprotocols: Sequence[str] = (),
+        since: str | None = None,
+        max_queue: int | None = 16,
     ) -> tuple[socket.socket, Callable[[], ClientConnection]]:
         address = address or self.websocket
         sock = self._socket(address)
-        uri = self.url(self._query(token, query), address=address)
+        uri = self.url(self._query(token, query, since), address=address)
+        offered = [Subprotocol(name) for name in subprotocols] or None
 
         def handshake() -> ClientConnection:
             return connect(
@@ -481,11 +517,13 @@ class Nanostream:
                 sock=sock,
                 ssl=tls,
                 origin=None if origin is None else Origin(origin),
+                subprotocols=offered,
                 proxy=None,
                 compression=None,
                 open_timeout=EVENT_TIMEOUT,
                 close_timeout=EVENT_TIMEOUT,
                 ping_interval=None,
+                max_queue=max_queue,
                 legacy=True,
             )
 
@@ -499,13 +537,23 @@ class Nanostream:
         origin: str | None = None,
         tls: ssl.SSLContext | None = None,
         address: Address | None = None,
+        subprotocols: Sequence[str] = (),
+        since: str | None = None,
+        max_queue: int | None = 16,
     ) -> ClientConnection:
         """An open client, closed again by :meth:`stop`.
 
         :param token: sent as ``?t=TOKEN``.
         :param query: the whole query string, for tokens spelled by hand.
+        :param subprotocols: offered in ``Sec-WebSocket-Protocol``.
+        :param since: sent as ``&since=SINCE`` after the token.
+        :param max_queue: messages the client buffers before it stops
+            reading; None reads on, so that a clean close completes while
+            lines keep coming.
         """
-        sock, handshake = self._open(token, query, origin, tls, address)
+        sock, handshake = self._open(
+            token, query, origin, tls, address, subprotocols, since, max_queue
+        )
         try:
             client = handshake()
         except BaseException:
@@ -514,15 +562,33 @@ class Nanostream:
         self.clients.append(client)
         return client
 
+    def connect_v1(
+        self, token: str, since: str | None = None, *, max_queue: int | None = 16
+    ) -> ClientConnection:
+        """An open ``nanostream.v1`` client, resuming after ``since`` if given.
+
+        Fails unless the server selected the subprotocol.
+        """
+        client = self.connect(
+            token, subprotocols=[V1], since=since, max_queue=max_queue
+        )
+        if client.subprotocol != V1:
+            raise AssertionError(f"the server selected {client.subprotocol!r}")
+        return client
+
     def refuse(
         self,
         token: str | None = None,
         *,
         query: str | None = None,
         origin: str | None = None,
+        subprotocols: Sequence[str] = (),
+        since: str | None = None,
     ) -> Refusal:
         """Attempt a handshake (over TCP) that must be refused; how it was."""
-        sock, handshake = self._open(token, query, origin, None, None)
+        sock, handshake = self._open(
+            token, query, origin, None, None, subprotocols, since
+        )
         peer = "tcp4:{}:{}".format(*sock.getsockname()[:2])
         try:
             client = handshake()
