@@ -254,6 +254,12 @@ class Replay:
         if self._cancelled:
             return 0
         sink = self._sink
+        if not sink.ready:
+            # Not before the client has taken what it was sent (at first, the
+            # handshake response): a chunk written behind it would count as
+            # backlog and could drop a client that is not slow at all.
+            sink.on_drain = self._drained
+            return 0
         if self._pending:
             written = self._send_pending()
         elif self._position is None and not self._archive_done:
