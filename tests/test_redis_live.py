@@ -51,6 +51,7 @@ class CountingSink:
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.batches = 0
+        self.gaps = 0
         self._waiting: list[tuple[int, Deferred[list[bytes]]]] = []
 
     def broadcast(self, lines: Sequence[bytes]) -> None:
@@ -63,6 +64,9 @@ class CountingSink:
             else:
                 still.append((count, d))
         self._waiting = still
+
+    def source_gap(self) -> None:
+        self.gaps += 1
 
     def wait_for(self, count: int) -> Deferred[list[bytes]]:
         d: Deferred[list[bytes]] = Deferred()
@@ -214,6 +218,7 @@ class OutageTests(RedisLiveTestCase):
         with RedisClient(server.target) as redis:
             self.assertEqual(redis.call("PUBLISH", channel, b"after"), 1)
         self.assertEqual((yield sink.wait_for(1)), [b"after"])
+        self.assertEqual(sink.gaps, 1)
         # The restarted Redis lost its keys (no persistence in this test), so
         # "during", refused while Redis was away, is now a first use.
         self.assertTrue((yield ledger.consume(b"during", expires)))

@@ -29,9 +29,14 @@ from nanostream.sources.redis_channel import RedisSource
 class RecordingSink:
     def __init__(self) -> None:
         self.batches: list[list[bytes]] = []
+        self.events: list[str | list[bytes]] = []
 
     def broadcast(self, lines: Sequence[bytes]) -> None:
         self.batches.append(list(lines))
+        self.events.append(list(lines))
+
+    def source_gap(self) -> None:
+        self.events.append("gap")
 
 
 class RedisSourceTests(SynchronousTestCase):
@@ -201,3 +206,37 @@ class RedisSourceTests(SynchronousTestCase):
         lose(protocol)
         self.successResultOf(d)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_first_subscription_is_no_gap(self) -> None:
+        """Subscribing at start misses nothing, so no source gap is reported."""
+        self.start_subscribed()
+        feed(self.endpoint.last, message(b"feed", b"a"), self.clock)
+        self.assertEqual(self.sink.events, [[b"a"]])
+        self.assertEqual(self.source.source_gaps, 0)
+
+    def test_resubscription_is_a_gap(self) -> None:
+        """After a loss, the gap is reported once, before the new lines."""
+        self.start_subscribed()
+        feed(self.endpoint.last, message(b"feed", b"before"), self.clock)
+        lose(self.endpoint.last)
+        self.endpoint.refusing = True
+        self.clock.advance(0.1)
+        self.assertEqual(self.sink.events, [[b"before"]], "no gap while down")
+        self.endpoint.refusing = False
+        self.clock.advance(0.2)
+        protocol = self.endpoint.last
+        feed(protocol, subscribed(b"feed"), self.clock)
+        feed(protocol, message(b"feed", b"after"), self.clock)
+        feed(protocol, message(b"feed", b"later"), self.clock)
+        self.assertEqual(self.sink.events, [[b"before"], "gap", [b"after"], [b"later"]])
+        self.assertEqual(self.source.source_gaps, 1)
+
+    def test_each_loss_counted(self) -> None:
+        """Two losses and recoveries are two gaps."""
+        self.start_subscribed()
+        for _ in range(2):
+            lose(self.endpoint.last)
+            self.clock.advance(1)
+            feed(self.endpoint.last, subscribed(b"feed"), self.clock)
+        self.assertEqual(self.sink.events, ["gap", "gap"])
+        self.assertEqual(self.source.source_gaps, 2)

@@ -9,12 +9,14 @@ Pub/sub keeps nothing: what is published while this node is not subscribed
 never reaches it.  So a lost connection is logged with the moment it was
 lost, reconnected with backoff, resubscribed, and the recovery logged with
 the gap's start and end, for the operator to know which lines were missed.
+The broadcaster is told too (``source_gap``), once per resubscription and
+before any line from it, so that no client goes on silently missing lines.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.application.service import Service
@@ -28,6 +30,12 @@ from nanostream.redis.url import RedisTarget
 from nanostream.sources import LineSink, SourceStatus
 
 _log = Logger()
+
+
+class GapSink(LineSink, Protocol):
+    """A sink that can be told that the source missed lines."""
+
+    def source_gap(self) -> None: ...
 
 
 class SubscriberProtocol(ReportsLoss, txredisapi.SubscriberProtocol):
@@ -57,7 +65,7 @@ class RedisSource(Service):
 
     def __init__(
         self,
-        sink: LineSink,
+        sink: GapSink,
         max_line_bytes: int,
         target: RedisTarget,
         reactor: Any,
@@ -74,6 +82,8 @@ class RedisSource(Service):
         self._clock = reactor
         self._batch: list[bytes] = []
         self._gap_started: float | None = None
+        #: Times the subscription was lost and taken up again: lines were missed.
+        self.source_gaps = 0
         # Channels are not scoped by database, so no SELECT is needed.
         factory = RedisClientFactory(
             SubscriberProtocol, target, reactor, select_db=False, endpoint=endpoint
@@ -136,6 +146,9 @@ class RedisSource(Service):
                 redis=self._target.masked(),
             )
             return
+        self.source_gaps += 1
+        # Before any line of the new subscription reaches the broadcaster.
+        self._sink.source_gap()
         ended = self._clock.seconds()
         _log.warn(
             "Redis source recovered: subscribed to {channel} again; lines "

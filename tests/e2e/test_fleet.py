@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from redis_server import private_redis, shared_redis, unique
+from websockets.exceptions import ConnectionClosed
 
 from .harness import (
     LISTEN_LOOPBACK,
@@ -111,6 +112,13 @@ class FleetTests(ServiceTestCase):
         for node, mark in zip((a, b), marks, strict=True):
             node.log.wait_for("Redis source recovered", after=mark)
             node.log.wait_for("ledger connected to Redis", after=mark)
+        # Lines published meanwhile were missed: raw clients are closed rather
+        # than kept silently missing them, and reconnect.
+        for client in clients:
+            with self.assertRaises(ConnectionClosed) as closed:
+                client.recv(timeout=START_TIMEOUT)
+            self.assertEqual(closed.exception.rcvd and closed.exception.rcvd.code, 1011)
+        clients = [a.connect(a.mint()), b.connect(b.mint())]
         self.publish(server.url, "after")
         for client in clients:
             self.assertEqual(receive(client, 1), ["after"])
