@@ -118,12 +118,20 @@ def line_source(
     max_line = options["max-line-bytes"]
     if source == STDIO:
         return StdioSource(broadcaster, max_line, reactor.stop, reactor, status=status)
-    if options.get("redis-source") is not None:
+    target = options.get("redis-source")
+    if target is not None and target.stream is not None:
+        from nanostream.sources.redis_stream import RedisStreamSource
+
+        stream = RedisStreamSource(
+            broadcaster, max_line, target, target.stream, reactor, status=status
+        )
+        # Resumes older than the history are served from the stream.
+        broadcaster.archive = stream
+        return stream
+    if target is not None:
         from nanostream.sources.redis_channel import RedisSource
 
-        return RedisSource(
-            broadcaster, max_line, options["redis-source"], reactor, status=status
-        )
+        return RedisSource(broadcaster, max_line, target, reactor, status=status)
     sources = LineSourceFactory(broadcaster, max_line, status)
     return announced_service(source, sources, "source", reactor)
 

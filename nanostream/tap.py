@@ -92,7 +92,8 @@ class ServiceOptions(usage.Options):
         ["secret-file", None, None,
          "File holding the HS256 key; a trailing newline is ignored"],
         ["source", None, STDIO, "stdio, a server endpoint producers write lines to, "
-         "or redis://HOST:PORT/DB?channel=NAME (rediss:// for TLS)"],
+         "redis://HOST:PORT/DB?stream=KEY (a Redis stream, resumable on any node) "
+         "or ?channel=NAME (pub/sub); rediss:// for TLS"],
         ["ledger", None, None,
          "Keep used tokens in Redis, shared by a fleet: redis://HOST:PORT/DB"],
         ["ledger-prefix", None, "nanostream:used:", "Key prefix of the Redis ledger",
@@ -192,7 +193,9 @@ class ServiceOptions(usage.Options):
                 )
             return
         if source.startswith(REDIS_SCHEMES):
-            self["redis-source"] = self._redis("--source", source, channel=True)
+            self["redis-source"] = self._redis(
+                "--source", source, channel=True, stream=True
+            )
             return
         _check_endpoint("--source", source)
 
@@ -208,10 +211,15 @@ class ServiceOptions(usage.Options):
             raise usage.UsageError("--ledger and --no-auth contradict: no tokens")
         self["redis-ledger"] = self._redis("--ledger", url, channel=False)
 
-    def _redis(self, option: str, url: str, *, channel: bool) -> Any:
+    def _redis(
+        self, option: str, url: str, *, channel: bool, stream: bool = False
+    ) -> Any:
         try:
             return resolve(
-                url, channel=channel, password_file=self["redis-password-file"]
+                url,
+                channel=channel,
+                stream=stream,
+                password_file=self["redis-password-file"],
             )
         except RedisURLError as e:
             raise usage.UsageError(f"{option}: {e}") from None

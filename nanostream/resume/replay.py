@@ -67,9 +67,10 @@ class ArchiveSlice(Protocol):
 class Archive(Protocol):
     """Lines a source still holds beyond the node's history (a Redis stream)."""
 
-    #: The id of the newest entry the source has handed on (or started
-    #: after); an archive entry past it is still to come live.
-    last_read: bytes | None
+    @property
+    def last_read(self) -> bytes | None:
+        """The id of the newest entry the source has handed on (or started
+        after); an archive entry past it is still to come live."""
 
     def read_after(self, since: bytes, count: int) -> Deferred[Any]:
         """Fire with an :class:`ArchiveSlice`: whether ``since`` is held, the

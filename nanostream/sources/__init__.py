@@ -17,6 +17,18 @@ class LineSink(Protocol):
     def broadcast(self, lines: Sequence[bytes]) -> None: ...
 
 
+class GapSink(LineSink, Protocol):
+    """The broadcaster as Redis sources see it: ids of their own, and gaps."""
+
+    def broadcast(
+        self, lines: Sequence[bytes], ids: Sequence[bytes] | None = None
+    ) -> None:
+        """``ids``: the lines' own ids (a stream's entry ids), if they have any."""
+
+    def source_gap(self) -> None:
+        """The source lost lines before the next batch it hands on."""
+
+
 class SourceStatus:
     """Whether the source can deliver lines right now, and why not.
 

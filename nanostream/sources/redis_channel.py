@@ -16,7 +16,7 @@ before any line from it, so that no client goes on silently missing lines.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import txredisapi
 from twisted.application.service import Service
@@ -27,15 +27,9 @@ from twisted.logger import Logger
 from nanostream.redis.backoff import Backoff
 from nanostream.redis.client import RedisClientFactory, RedisConnection, ReportsLoss
 from nanostream.redis.url import RedisTarget
-from nanostream.sources import LineSink, SourceStatus
+from nanostream.sources import GapSink, SourceStatus
 
 _log = Logger()
-
-
-class GapSink(LineSink, Protocol):
-    """A sink that can be told that the source missed lines."""
-
-    def source_gap(self) -> None: ...
 
 
 class SubscriberProtocol(ReportsLoss, txredisapi.SubscriberProtocol):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from twisted.application.service import Service
@@ -47,19 +47,11 @@ from nanostream.redis.streams import (
     read_range,
 )
 from nanostream.redis.url import RedisTarget
-from nanostream.sources import SourceStatus
+from nanostream.sources import GapSink, SourceStatus
 
 _log = Logger()
 T = TypeVar("T")
 Run = Callable[..., "Deferred[Any]"]
-
-
-class StreamSink(Protocol):
-    def broadcast(
-        self, lines: Sequence[bytes], ids: Sequence[bytes] | None = None
-    ) -> None: ...
-
-    def source_gap(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ class RedisStreamSource(Service):
 
     def __init__(
         self,
-        sink: StreamSink,
+        sink: GapSink,
         max_line_bytes: int,
         target: RedisTarget,
         stream_key: str | bytes,
@@ -130,6 +122,11 @@ class RedisStreamSource(Service):
     def position(self) -> bytes:
         """The id of the last entry read (or where reading starts)."""
         return self._accounting.position
+
+    @property
+    def last_read(self) -> bytes | None:
+        """For resumes: entries after this one are still to come live."""
+        return self.position if self._started else None
 
     # -- the service ------------------------------------------------------------
 
