@@ -71,6 +71,10 @@ def gate(options: Options, reactor: Any) -> Server:
             prefix=options["ledger-prefix"],
             timeout=options["ledger-timeout"],
         )
+    elif options["key"] is not None and options.get("file-ledger") is not None:
+        from nanostream.auth.file_ledger import open_file_ledger
+
+        ledger = open_file_ledger(options["file-ledger"], reactor)
     return make_server(
         options["key"],
         reactor=reactor,
