@@ -57,7 +57,7 @@ class Syncs:
 
 
 class Writer:
-    """Stands in for the writer thread: jobs wait until :meth:`run`."""
+    """Stands in for the thread that compacts: jobs wait until :meth:`run`."""
 
     def __init__(self) -> None:
         self.jobs: list[tuple[Callable[[], None], Deferred[None]]] = []
@@ -116,12 +116,15 @@ class FileLedgerTests(SynchronousTestCase):
 
     def test_answer_waits_for_the_record(self) -> None:
         """A first use is answered only once its record is synced to the file."""
+        self.syncs.calls = 0
         answer = self.ledger.consume(A, 1060)
-        self.clock.advance(0)
         self.assertNoResult(answer)
-        self.writer.run()
+        self.assertEqual((self.syncs.calls, self.contents()), (0, HEADER))
+        self.clock.advance(0)
         self.assertIs(self.successResultOf(answer), True)
-        self.assertEqual(self.contents(), HEADER + record(A, 1060))
+        self.assertEqual(
+            (self.syncs.calls, self.contents()), (1, HEADER + record(A, 1060))
+        )
 
     def test_expiry_rounded_up(self) -> None:
         """A fractional expiry is kept to the next whole second: never shorter."""
@@ -143,16 +146,30 @@ class FileLedgerTests(SynchronousTestCase):
         self.assertEqual(self.syncs.calls, 1)
         self.assertEqual(self.contents().count(b"\n"), 51)
 
-    def test_uses_during_a_write_share_the_next(self) -> None:
-        """First uses that arrive while a sync runs wait for one more, together."""
-        self.syncs.calls = 0
-        first = self.ledger.consume(A, 1060)
-        self.clock.advance(0)
-        later = [self.ledger.consume(key, 1060) for key in (B, C)]
+    def compacting(self) -> Deferred[bool]:
+        """A first use whose record goes into a compaction, not yet run."""
+        self.patch(ledger_file, "COMPACT_MIN_RECORDS", 10)
+        wave = [self.ledger.consume(bytes([i]) * 32, 1010) for i in range(20)]
+        self.durable(*wave)
+        self.clock.advance(10)
+        answer = self.ledger.consume(A, 2000)
         self.clock.advance(0)
         self.assertEqual(len(self.writer.jobs), 1)
+        return answer
+
+    def test_uses_during_a_compaction_share_the_next_sync(self) -> None:
+        """First uses that arrive while the file is rewritten wait for one sync."""
+        first = self.compacting()
+        self.syncs.calls = 0
+        later = [self.ledger.consume(key, 2000) for key in (B, C)]
+        self.clock.advance(0)
+        self.assertNoResult(later[0])
         self.assertEqual(self.durable(first, *later), [True, True, True])
         self.assertEqual(self.syncs.calls, 2)
+        self.assertEqual(
+            self.contents(),
+            HEADER + record(A, 2000) + record(B, 2000) + record(C, 2000),
+        )
 
     def test_remembered_after_reopen(self) -> None:
         """Tokens used before a restart are still refused after it."""
@@ -274,13 +291,24 @@ class FileLedgerTests(SynchronousTestCase):
         """Stopping writes the waiting records, then refuses further uses."""
         self.ledger.startService()
         answer = self.ledger.consume(A, 2000)
+        self.successResultOf(self.ledger.stopService())
+        self.assertIs(self.successResultOf(answer), True)
+        self.failureResultOf(self.ledger.consume(B, 2000), LedgerUnavailable)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.contents(), HEADER + record(A, 2000))
+
+    def test_stop_waits_for_a_compaction(self) -> None:
+        """A stop during a compaction ends once it and the records after it are in."""
+        first = self.compacting()
+        second = self.ledger.consume(B, 2000)
         stopped = self.ledger.stopService()
         self.assertNoResult(stopped)
         self.writer.run()
-        self.assertIs(self.successResultOf(answer), True)
         self.successResultOf(stopped)
-        self.failureResultOf(self.ledger.consume(B, 2000), LedgerUnavailable)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(
+            [self.successResultOf(a) for a in (first, second)], [True, True]
+        )
+        self.assertEqual(self.contents(), HEADER + record(A, 2000) + record(B, 2000))
 
     def test_one_process_per_file(self) -> None:
         """A second ledger on a file in use is refused: it would lose records."""

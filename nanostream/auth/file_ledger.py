@@ -5,11 +5,12 @@ is also appended to the file (:mod:`nanostream.auth.ledger_file`), and
 :meth:`FileLedger.consume` fires only once that record is durable, so a
 handshake completes after its token is on disk, never before.
 
-Group commit: first uses arriving in the same reactor turn, or while a
-write is in progress, share one write and one ``fdatasync``, done in a
-thread so that the reactor never waits for the disk.  A crash loses no
-token that was answered; a handshake in flight at the crash was never
-answered and its token may be used again (docs/operating.rst).
+Group commit: first uses read in the same reactor turn share one write and
+one ``fdatasync``, made at the start of the next turn; those that arrive
+while the file is being compacted (in a thread: a rewrite can take long)
+share the one after it.  A crash loses no token that was answered; a
+handshake in flight at the crash was never answered and its token may be
+used again (docs/operating.rst).
 
 When the write fails the waiting handshakes are refused with 503, as with
 an unreachable Redis ledger, and their tokens stay unused.
@@ -38,7 +39,7 @@ from nanostream.auth.ledger_file import worth_compacting as _worth_compacting
 
 _log = Logger()
 
-#: Runs a blocking call away from the reactor; fires with its result.
+#: Runs a blocking call (a rewrite) away from the reactor; fires when done.
 InThread = Callable[[Callable[[], None]], "Deferred[None]"]
 #: Seconds between checks that forget expired tokens and shrink the file.
 CHECK_INTERVAL = 10.0
@@ -62,7 +63,7 @@ def open_file_ledger(
     """Load the file at ``path`` (see :func:`~nanostream.auth.ledger_file.check`)
     and return the ledger that goes on with it.
 
-    :param in_thread: runs the writes; by default the reactor's thread pool.
+    :param in_thread: runs the rewrites; by default the reactor's thread pool.
     """
     file, loaded = open_file(path, reactor.seconds(), sync)
     if in_thread is None:
@@ -142,31 +143,28 @@ class FileLedger(Service):
     # -- writing --------------------------------------------------------------
 
     def _write(self) -> None:
-        """Hand the waiting records to the writer: one append, or a rewrite."""
+        """Write the waiting records: one append and sync, or a rewrite."""
         self._turn = None
         if self._writing or not (self._batch or self._compaction_due()):
             return
         batch, self._batch = self._batch, []
-        job: Callable[[], None]
         if self._compaction_due(len(batch)):
             self.prune()
             # The live identities include those of the batch.
             live = list(self._expiry.items())
-            records = len(live)
-
-            def job() -> None:
-                self._file.rewrite(live)
-
+            self._writing = True
+            done = self._in_thread(lambda: self._file.rewrite(live))
+            done.addBoth(self._written, batch, len(live))
+            return
+        # In the reactor's thread: handing a batch to a thread and back
+        # costs more CPU than the sync itself (docs/operating.rst).
+        appended = [(key, expiry) for key, expiry, _ in batch]
+        try:
+            self._file.append(appended)
+        except OSError:
+            self._written(Failure(), batch, self._records)
         else:
-            appended = [(key, expiry) for key, expiry, _ in batch]
-            records = self._records + len(appended)
-
-            def job() -> None:
-                self._file.append(appended)
-
-        self._writing = True
-        done = self._in_thread(job)
-        done.addBoth(self._written, batch, records)
+            self._written(None, batch, self._records + len(appended))
 
     def _written(self, result: object, batch: list[_Waiting], records: int) -> None:
         self._writing = False
