@@ -161,7 +161,8 @@ class FileLedger(Service):
         appended = [(key, expiry) for key, expiry, _ in batch]
         try:
             self._file.append(appended)
-        except OSError:
+        except Exception:
+            # Fail closed, whatever went wrong: nobody waits for ever.
             self._written(Failure(), batch, self._records)
         else:
             self._written(None, batch, self._records + len(appended))
@@ -184,7 +185,8 @@ class FileLedger(Service):
             for _, _, answer in batch:
                 answer.callback(True)
         if self._batch:
-            self._write()
+            if self._turn is None:
+                self._write()
         elif not self._writing:
             drained, self._drained = self._drained, []
             for waiter in drained:
