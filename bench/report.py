@@ -56,6 +56,13 @@ COLUMNS.update(
             ("storm_quiet_p99_ratio", "p99 resume storm / quiet", "{:.2f}", "lower"),
             ("resume_us_per_replayed_line", "µs CPU/replayed line", "{:.2f}", "lower"),
         ],
+        "ledger": [
+            ("file_memory_cpu_ratio", "file/memory CPU/handshake", "{:.3f}", "lower"),
+            ("memory_handshakes_per_cpu_s", "memory hs/CPU-s", "{:,.0f}", "higher"),
+            ("file_handshakes_per_cpu_s", "file hs/CPU-s", "{:,.0f}", "higher"),
+            ("redis_handshakes_per_cpu_s", "Redis hs/CPU-s", "{:,.0f}", "higher"),
+            ("file_handshakes_per_s", "file hs/s", "{:,.0f}", "higher"),
+        ],
         "redis": [
             ("stream_p50_ms", "stream p50 ms", "{:.2f}", "lower"),
             ("stream_p99_ms", "stream p99 ms", "{:.2f}", "lower"),
@@ -76,6 +83,12 @@ TARGETS: dict[str, tuple[str, float, str]] = {
         "storm_quiet_p99_ratio",
         3.0,
         "live clients' p99 during the resume storm at most 3× quiet",
+    ),
+    "ledger": (
+        "file_memory_cpu_ratio",
+        1.25,
+        "server CPU per handshake with --ledger FILE at most 1.25× the in-memory"
+        " ledger's (a rate per CPU-second within 20%)",
     ),
     "redis": (
         "stream_pubsub_p99_ratio",
@@ -137,7 +150,12 @@ def summarize(runs: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, An
         )
         cell["runs"].append(run)
         cell["problems"] += correctness_problems(run)
-        for why in (run.get("skipped"), run["metrics"].get("stream_skipped")):
+        found = run["metrics"]
+        for why in (
+            run.get("skipped"),
+            found.get("stream_skipped"),
+            found.get("redis_skipped"),
+        ):
             if why and why not in cell["skipped"]:
                 cell["skipped"].append(why)
     for scenario, servers in summary.items():
@@ -226,7 +244,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"## {scenario}: {data['descriptions'][scenario]}", ""]
         if scenario in only:
             lines += [
-                "nanostream only: the peers have no line ids, resume or Redis source.",
+                "nanostream only: the peers have no line ids, resume, Redis source"
+                " or ledger choice.",
                 "",
             ]
         head = ["server", *(c[1] for c in cols), "bottleneck", "correct"]

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenarios",
         help="comma-separated: fanout-N, latency-N@RATE, handshake[-COUNT],"
         " memory[-COUNT], fanout-v1-N, resume-storm[-COUNT],"
-        " stream-latency[-N@RATE]"
+        " stream-latency[-N@RATE], handshake-ledger[-COUNT]"
         f" (default: {','.join(scenarios.DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(
@@ -137,6 +137,10 @@ def headline(run: dict[str, Any]) -> str:
         "stream_p99_ms",
         "pubsub_p99_ms",
         "stream_skipped",
+        "file_memory_cpu_ratio",
+        "memory_handshakes_per_cpu_s",
+        "file_handshakes_per_cpu_s",
+        "redis_handshakes_per_cpu_s",
         "server_cpu_share",
         "loadgen_cpu_share",
         "bottleneck",

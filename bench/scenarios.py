@@ -34,6 +34,7 @@ class Scenario:
 
     name: str
     kind: str  # fanout | latency | handshake | memory | fanout-v1 | storm | redis
+    # | ledger
     clients: int = 0
     lines: int = 0
     rate: float = 0.0
@@ -51,6 +52,11 @@ class Scenario:
             )
         if self.kind == "handshake":
             return f"{self.count} connections, {self.concurrency} in flight"
+        if self.kind == "ledger":
+            return (
+                f"{self.count} connections, {self.concurrency} in flight, with the"
+                " in-memory, file and Redis ledgers"
+            )
         if self.kind == "fanout-v1":
             return (
                 f"{self.clients} nanostream.v1 clients against {self.clients} raw"
@@ -71,11 +77,11 @@ class Scenario:
 
     @property
     def nanostream_only(self) -> bool:
-        """Resume and the Redis sources are nanostream's: no peer has them."""
+        """Resume, the Redis sources and the ledgers are nanostream's alone."""
         return self.kind in NANOSTREAM_ONLY
 
 
-NANOSTREAM_ONLY = frozenset({"fanout-v1", "storm", "redis"})
+NANOSTREAM_ONLY = frozenset({"fanout-v1", "storm", "redis", "ledger"})
 
 
 DEFAULT_SCENARIOS = (
@@ -88,6 +94,7 @@ DEFAULT_SCENARIOS = (
     "fanout-v1-1000",
     "resume-storm",
     "stream-latency",
+    "handshake-ledger",
 )
 
 
@@ -95,7 +102,8 @@ def parse_scenario(
     name: str, duration: float = 10.0, lines: int | None = None
 ) -> Scenario:
     """Turn ``fanout-100``, ``latency-1000@20``, ``handshake[-K]``, ``memory[-K]``,
-    ``fanout-v1-N``, ``resume-storm[-K]`` and ``stream-latency[-N@RATE]`` into a
+    ``fanout-v1-N``, ``resume-storm[-K]``, ``stream-latency[-N@RATE]`` and
+    ``handshake-ledger[-K]`` into a
     Scenario; sizes not in the name take the defaults of the brief."""
     if m := re.fullmatch(r"fanout-v1-(\d+)", name):
         # A ratio of two CPU times wants windows of a second or more each:
@@ -131,6 +139,9 @@ def parse_scenario(
         return Scenario(
             name, "latency", clients=int(m[1]), rate=float(m[2]), duration=duration
         )
+    if m := re.fullmatch(r"handshake-ledger(?:-(\d+))?", name):
+        # Three parts whose CPU times are compared: a few seconds each.
+        return Scenario(name, "ledger", count=int(m[1] or 5000), concurrency=50)
     if m := re.fullmatch(r"handshake(?:-(\d+))?", name):
         return Scenario(name, "handshake", count=int(m[1] or 2000), concurrency=50)
     if m := re.fullmatch(r"memory(?:-(\d+))?", name):
@@ -405,11 +416,13 @@ def run_stream(run: Run, v1: bool = False) -> dict[str, Any]:
     return metrics
 
 
-def run_handshake(run: Run) -> dict[str, Any]:
-    """Connections per second, each with a fresh token; then the 401 checks."""
+def run_handshake(run: Run, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Connections per second, each with a fresh token; then the 401 checks.
+
+    ``extra`` arguments go to nanostream (a ``--ledger``, say)."""
     sc = run.scenario
     args = ["--count", sc.count, "--concurrency", sc.concurrency]
-    with run.server() as server:
+    with run.server(extra=extra) as server:
         server.wait_ready()
         with run.loadgen("handshake", *args) as lg:
             ready = lg.wait("ready", timeout=60)
@@ -497,6 +510,10 @@ class Skipped(Exception):
 def _runner(kind: str) -> Callable[[Run], dict[str, Any]]:
     if kind in RUNNERS:
         return RUNNERS[kind]
+    if kind == "ledger":
+        import ledger_runs
+
+        return ledger_runs.run_ledgers
     import resume_runs  # the nanostream-only scenarios build on this module
 
     return resume_runs.RUNNERS[kind]

@@ -15,7 +15,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.protocol import Factory
 
-from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.ledger import ILedger, MemoryLedger
 from nanostream.auth.tokens import RECOMMENDED_SECRET_BYTES
 from nanostream.broadcast import Broadcaster
 from nanostream.listening import announced_service
@@ -61,7 +61,7 @@ def startup_warnings(options: Options) -> list[str]:
 
 def gate(options: Options, reactor: Any) -> Server:
     """The WebSocket server behind its gate, with the ledger the options name."""
-    ledger = None
+    ledger: ILedger | None = None
     if options["key"] is not None and options.get("redis-ledger") is not None:
         from nanostream.auth.redis_ledger import RedisLedger
 
@@ -71,6 +71,10 @@ def gate(options: Options, reactor: Any) -> Server:
             prefix=options["ledger-prefix"],
             timeout=options["ledger-timeout"],
         )
+    elif options["key"] is not None and options.get("file-ledger") is not None:
+        from nanostream.auth.file_ledger import open_file_ledger
+
+        ledger = open_file_ledger(options["file-ledger"], reactor)
     return make_server(
         options["key"],
         reactor=reactor,

@@ -94,8 +94,8 @@ class ServiceOptions(usage.Options):
         ["source", None, STDIO, "stdio, a server endpoint producers write lines to, "
          "redis://HOST:PORT/DB?stream=KEY (a Redis stream, resumable on any node) "
          "or ?channel=NAME (pub/sub); rediss:// for TLS"],
-        ["ledger", None, None,
-         "Keep used tokens in Redis, shared by a fleet: redis://HOST:PORT/DB"],
+        ["ledger", None, None, "Keep used tokens in a file, so that a restart "
+         "forgets none: PATH; or in Redis, shared by a fleet: redis://HOST:PORT/DB"],
         ["ledger-prefix", None, "nanostream:used:", "Key prefix of the Redis ledger",
          _non_empty("--ledger-prefix")],
         _number(float, "ledger-timeout", 0.5, 0, above=True, doc="Seconds to wait "
@@ -209,7 +209,14 @@ class ServiceOptions(usage.Options):
             return
         if self["no-auth"]:
             raise usage.UsageError("--ledger and --no-auth contradict: no tokens")
-        self["redis-ledger"] = self._redis("--ledger", url, channel=False)
+        if url.startswith(REDIS_SCHEMES):
+            self["redis-ledger"] = self._redis("--ledger", url, channel=False)
+            return
+        if self["redis-password-file"] is not None and not self.get("redis-source"):
+            raise usage.UsageError(
+                "--redis-password-file needs a redis:// --source or --ledger"
+            )
+        self["file-ledger"] = _ledger_file(url)
 
     def _redis(
         self, option: str, url: str, *, channel: bool, stream: bool = False
@@ -282,6 +289,18 @@ def _check_endpoint(option: str, description: str) -> None:
         raise usage.UsageError(
             f"{option} {description!r} is not a usable endpoint: {detail}"
         ) from None
+
+
+def _ledger_file(path: str) -> str:
+    """The absolute path of a usable ledger file; a usage error if there is none."""
+    from nanostream.auth.ledger_file import LedgerFileError, check
+
+    if not path:
+        raise usage.UsageError("--ledger must not be empty")
+    try:
+        return check(path)
+    except LedgerFileError as e:
+        raise usage.UsageError(f"--ledger {path}: {e}") from None
 
 
 def makeService(options: ServiceOptions, reactor: Any = None) -> MultiService:
