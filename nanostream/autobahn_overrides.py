@@ -121,8 +121,9 @@ else:
 class HandshakeBounds(_Protocol):
     """Mixed into the server protocol, before Autobahn's class.
 
-    Needs ``factory.max_handshake_bytes`` and ``factory.admission`` (whose
-    ``refuse`` logs and counts a refusal).
+    Needs ``factory.max_handshake_bytes``, ``factory.handshake_pacer`` (a
+    :class:`~nanostream.auth.pacing.HandshakePacer`) and ``factory.admission``
+    (whose ``refuse`` logs and counts a refusal).
     """
 
     factory: Any
@@ -147,10 +148,23 @@ class HandshakeBounds(_Protocol):
                 # start a second handshake; it waits for the answer instead.
                 self.data += data
                 return
+            if not self.factory.handshake_pacer.take(self):
+                # Not this turn: the bytes wait, counted against the bound.
+                self.data += data
+                return
         # Straight to Autobahn's framework-independent reader: the Twisted
         # adapter's dataReceived only adds a debug line whose arguments it
         # formats on every read, logged or not.
         self._dataReceived(data)
+
+    def handshake_turn(self) -> None:
+        """The pacer's turn came: read what was kept meanwhile."""
+        if self.state == _CONNECTING:
+            self.consumeData()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.handshake_pacer.forget(self)
+        super().connectionLost(reason)
 
     def _refused_as_oversized(self, buffered: bytes) -> bool:
         """Refuse or drop a connection whose handshake is too large; whether it was."""

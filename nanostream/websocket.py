@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.auth.admission import Admission, Refused
+from nanostream.auth.pacing import HandshakePacer
 from nanostream.autobahn_overrides import (
     HandshakeBounds,
     ReactorTimer,
@@ -283,6 +284,7 @@ class NanostreamServerFactory(WebSocketServerFactory):
         self.broadcaster = broadcaster
         self.tracker = tracker
         self.max_handshake_bytes = max_handshake_bytes
+        self.handshake_pacer = HandshakePacer(self.reactor)
         self.noisy = False
         self.setProtocolOptions(
             webStatus=False,

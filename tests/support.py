@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import jwt
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -83,3 +84,18 @@ def forbid_global_timers(case: SynchronousTestCase) -> None:
         case.assertEqual(left, [])
 
     case.addCleanup(check)
+
+
+def reactor_turn(clock: Clock) -> None:
+    """Run the calls due now, as one turn of a real reactor would.
+
+    ``Clock.advance`` also runs what those calls schedule for now; a reactor
+    leaves that for its next turn, after the next poll.
+    """
+    now = clock.seconds()
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= now]
+    for call in due:
+        if call.active():
+            clock.calls.remove(call)
+            call.called = True
+            call.func(*call.args, **call.kw)

@@ -75,6 +75,8 @@ class WaveTests(SynchronousTestCase):
                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n".encode()
             )
+            # One reactor turn per handshake, as the pacer would spread them.
+            self.clock.advance(0)
             connections.append((protocol, transport))
         self.assertEqual(len(self.broadcaster), clients)
         self.broadcaster.broadcast([b"a line for everyone"])
