@@ -19,7 +19,6 @@ import secrets
 from importlib.resources import files
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.pages import notFound
@@ -31,6 +30,7 @@ from nanostream.broadcast import Broadcaster
 from nanostream.demo.upgrade import WebSocketUpgrade, wants_websocket
 from nanostream.ops.access_log import redacting_site
 from nanostream.resume.ids import format_key
+from nanostream.websocket import NanostreamServerFactory
 
 #: Lifetime of a page token: long enough to load the page and connect,
 #: short enough that a token copied out of the page is soon worthless.
@@ -194,7 +194,7 @@ class TokenEndpoint(Resource):
 class DemoRoot(Resource):
     """Sends WebSocket handshakes to the feed and everything else to the page."""
 
-    def __init__(self, factory: WebSocketServerFactory, tokens: PageTokens) -> None:
+    def __init__(self, factory: NanostreamServerFactory, tokens: PageTokens) -> None:
         super().__init__()
         self._websocket = WebSocketUpgrade(factory)
         self.putChild(b"", DemoPage(tokens, factory.broadcaster))
@@ -211,7 +211,7 @@ class DemoRoot(Resource):
 
 
 def demo_site(
-    factory: WebSocketServerFactory,
+    factory: NanostreamServerFactory,
     tokens: PageTokens,
     reactor: IReactorTime,
     timeout: float | None = None,
