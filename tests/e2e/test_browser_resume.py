@@ -9,6 +9,8 @@ WebSocket URLs and tokens it used.
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
 from typing import Any
 
 from .cutting import CuttingProxy, feed, numbered
@@ -51,6 +53,36 @@ FEED_RATE = 80.0
 
 #: Lines shown before each cut.
 CUTS = (150, 350)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "resume.rst"
+
+#: Runs the documented client against the proxy at PORT.
+RUN_DOCUMENTED = """
+CODE
+window.shown = [];
+window.gaps = [];
+window.live = 0;
+followFeed({
+  url: "ws://127.0.0.1:PORT/",
+  tokenUrl: "/token",
+  onLine: (line, id) => window.shown.push(typeof line === "string" ? line : "binary"),
+  onGap: (after, before) => window.gaps.push([after, before]),
+  onLive: () => { window.live += 1; },
+});
+"""
+
+
+def documented_client() -> str:
+    """The ``followFeed`` function of docs/resume.rst, without its usage."""
+    text = DOCS.read_text("utf-8")
+    block = text.split(".. code-block:: javascript\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    code = textwrap.dedent("\n".join(lines))
+    return code.split("\nfollowFeed({", 1)[0]
 
 
 class BrowserResumeTests(BrowserTestCase):
@@ -152,7 +184,35 @@ class BrowserResumeTests(BrowserTestCase):
         proxy.cut()
         self.await_resume(page, 2, "unknown")
         self.assertEqual(page.inner_text("#resume"), "may have missed lines")
-        service.write(b"after the cut\n")
-        self.assertEqual(self.shown(page, 2), ["!gap", "after the cut"])
+        service.write(b"after the cut\n\xff\xfe bin\n")
+        self.assertEqual(
+            self.shown(page, 3),
+            ["!gap", "after the cut", "binary, 6 bytes: ff fe 20 62 69 6e"],
+        )
         sockets = page.evaluate("window.sockets")
         self.assertEqual([("since=" in url) for url in sockets], [False, False])
+
+    def test_documented_client(self) -> None:
+        """The browser client printed in docs/resume.rst, cut twice mid-feed,
+        hands every line over once, in order, and reports each resume live."""
+        service = self.start(source=LISTEN_LOOPBACK, options=["--demo"])
+        proxy = CuttingProxy(service.websocket)
+        self.addCleanup(proxy.close)
+        script = RUN_DOCUMENTED.replace("CODE", documented_client())
+        script = script.replace("PORT", str(proxy.port))
+        page = self.new_page()
+        # Any document of the demo's origin without a content security
+        # policy will do (the demo page's own allows only its script).
+        page.goto(proxy.url("/token"))
+        page.add_script_tag(content=script)
+        lines = 2000
+        producer = feed(service.source, lines, 400.0)
+        self.addCleanup(stop_process, producer, STOP_TIMEOUT)
+        for resumes, count in enumerate((500, 1200), start=1):
+            self.shown(page, count)
+            self.assertGreater(proxy.cut(), 0)
+            self.assertIsNone(producer.poll(), "the feed ended before the cut")
+            page.wait_for_function("n => window.live >= n", arg=resumes)
+        self.assertEqual(self.shown(page, lines), numbered(1, lines))
+        self.assertEqual(page.evaluate("window.gaps"), [])
+        self.assertEqual(page.evaluate("window.live"), 2)
