@@ -46,13 +46,14 @@ window.fetch = async (...args) => {
 };
 """
 
-#: The continuous feed: paced so that what a page misses in its reconnect
-#: backoff (1 s) stays well inside the lines the page keeps on screen.
-FEED_LINES = 640
-FEED_RATE = 80.0
+#: The continuous feed: paced so that what a page misses while it is away
+#: (its 1 s backoff, then a token and a handshake) stays well inside the 200
+#: lines it keeps on screen, which is all it renders of one burst.
+FEED_LINES = 500
+FEED_RATE = 50.0
 
 #: Lines shown before each cut.
-CUTS = (150, 350)
+CUTS = (120, 300)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "resume.rst"
 
