@@ -30,6 +30,8 @@ from nanostream.auth import reasons
 from nanostream.auth.tokens import TokenRejected, TokenVerifier
 from nanostream.demo.loopback import is_loopback_endpoint, parse_description
 from nanostream.demo.page import LINES_KEPT, PageTokens, demo_site, script_json
+from nanostream.resume.history import History
+from nanostream.resume.ids import key
 from nanostream.sinks import ClientSink
 from nanostream.sources.stream import LineSourceFactory
 from nanostream.tap import ServiceOptions, makeService
@@ -258,10 +260,14 @@ class DemoSiteTestCase(SynchronousTestCase):
         config: dict[str, Any] = json.loads(match.group(1))
         return config
 
-    def connect(self, query: str = "") -> tuple[RecordingClient, StrictTransport]:
+    def connect(
+        self, query: str = "", protocols: list[str] | None = None
+    ) -> tuple[RecordingClient, StrictTransport]:
         """A WebSocket client through the site, the handshake run to its end."""
         url = "ws://127.0.0.1:8080/" + (f"?{query}" if query else "")
-        client_factory = WebSocketClientFactory(url, reactor=self.clock)
+        client_factory = WebSocketClientFactory(
+            url, reactor=self.clock, protocols=protocols
+        )
         client_factory.protocol = RecordingClient
         client_factory.setProtocolOptions(
             openHandshakeTimeout=0,
@@ -393,6 +399,53 @@ class PageTests(DemoSiteTestCase):
         self.verifier.verify(token, NOW + 29.9)
         e = self.assertRaises(TokenRejected, self.verifier.verify, token, NOW + 30)
         self.assertEqual(e.reason, reasons.EXPIRED)
+
+
+class ResumePositionTests(DemoSiteTestCase):
+    """The page starts after the newest line held, so it misses none after loading."""
+
+    ms = int(NOW * 1000)
+
+    def test_no_position_before_the_first_line(self) -> None:
+        """A node that has read nothing gives the page no position."""
+        self.assertIsNone(self.page_config(self.get(b"/"))["since"])
+
+    def test_position_is_the_newest_line(self) -> None:
+        """After lines were read the page carries the id of the newest."""
+        self.broadcaster.broadcast([b"one", b"two"])
+        self.assertEqual(self.page_config(self.get(b"/"))["since"], f"{self.ms}-2")
+
+    def test_first_connection_gets_what_came_after_the_page(self) -> None:
+        """Connecting with the page's position replays the lines read since
+        the page was rendered, then ``!live``, then live lines."""
+        self.broadcaster.broadcast([b"before the page"])
+        since = self.page_config(self.get(b"/"))["since"]
+        self.broadcaster.broadcast([b"between page and connection"])
+        query = f"t={self.tokens.mint()}&since={since}"
+        client, _ = self.connect(query, protocols=["nanostream.v1"])
+        self.clock.advance(0)
+        self.flush()
+        self.broadcaster.broadcast([b"live"])
+        self.flush()
+        self.assertEqual(
+            client.messages,
+            [f"{self.ms}-2 between page and connection".encode(), b"!live"]
+            + [f"{self.ms}-3 live".encode()],
+        )
+
+    def test_no_position_without_history(self) -> None:
+        """With --history-lines 0 a resume could only report a gap: no position."""
+        server = support.serve(self.clock, None, history=History(0))
+        site = demo_site(server.factory, self.tokens, self.clock)
+        server.broadcaster.broadcast([b"one"])
+        self.site = site
+        self.assertIsNone(self.page_config(self.get(b"/"))["since"])
+
+    def test_position_from_the_archive(self) -> None:
+        """With a stream source the last id read counts, though no history holds it."""
+        self.broadcaster.archive = object()  # type: ignore[assignment]
+        self.broadcaster.last_key = key(1_700_000_000_123, 7)
+        self.assertEqual(self.page_config(self.get(b"/"))["since"], "1700000000123-7")
 
 
 class NoAuthPageTests(DemoSiteTestCase):

@@ -2,10 +2,13 @@
 
 ``GET /`` renders a page that carries a freshly minted single-use token in a
 ``<script>`` element, the flow nano-stream-ws documents for an operator's own
-web app.  ``GET /token`` mints another, so a page whose connection dropped
-reconnects without a reload and keeps the lines it already shows.  Any
-request with ``Upgrade: websocket`` leaves twisted.web and becomes a client,
-through every check the plain listener applies.
+web app, and the id of the newest line a resume can start after, so that
+the page misses nothing read between its rendering and its connection.
+``GET /token`` mints another token, so a page whose connection dropped
+resumes (``nanostream.v1``, ``?since=``) without a reload, keeping the lines
+it already shows and showing the ones it missed.  Any request with
+``Upgrade: websocket`` leaves twisted.web and becomes a client, through
+every check the plain listener applies.  docs/resume.rst describes the page.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import secrets
 from importlib.resources import files
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.pages import notFound
@@ -24,8 +26,11 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from nanostream.auth.mint import mint
+from nanostream.broadcast import Broadcaster
 from nanostream.demo.upgrade import WebSocketUpgrade, wants_websocket
 from nanostream.ops.access_log import redacting_site
+from nanostream.resume.ids import format_key
+from nanostream.websocket import NanostreamServerFactory
 
 #: Lifetime of a page token: long enough to load the page and connect,
 #: short enough that a token copied out of the page is soon worthless.
@@ -71,6 +76,21 @@ class PageTokens:
         )
 
 
+def resume_position(broadcaster: Broadcaster) -> str | None:
+    """The id a page rendered now resumes after on its first connection.
+
+    It is the newest line the node holds for resumes (in its history, or,
+    with a stream source, read from the stream), so the page's first
+    connection gets exactly the lines read since it was rendered.  None
+    when there is none: nothing read yet, or nothing kept (a resume after
+    that id could only report a gap).
+    """
+    newest = broadcaster.history.newest()
+    if newest is None and broadcaster.archive is not None:
+        newest = broadcaster.last_key
+    return None if newest is None else format_key(newest).decode("ascii")
+
+
 def script_json(value: Any) -> str:
     """JSON that cannot end the ``<script>`` element it is placed in."""
     text = json.dumps(value, separators=(",", ":"))
@@ -114,13 +134,14 @@ def _bad_host(request: IRequest) -> bytes:
 
 
 class DemoPage(Resource):
-    """``GET /``: the page, with its own fresh token."""
+    """``GET /``: the page, with its own fresh token and resume position."""
 
     isLeaf = True
 
-    def __init__(self, tokens: PageTokens) -> None:
+    def __init__(self, tokens: PageTokens, broadcaster: Broadcaster) -> None:
         super().__init__()
         self._tokens = tokens
+        self._broadcaster = broadcaster
 
     def render_GET(self, request: IRequest) -> bytes:
         origin = _origin(request)
@@ -133,6 +154,7 @@ class DemoPage(Resource):
             "url": f"{'wss' if secure else 'ws'}://{origin}/",
             "tokenUrl": f"{'https' if secure else 'http'}://{origin}/token",
             "keep": LINES_KEPT,
+            "since": resume_position(self._broadcaster),
         }
         nonce = secrets.token_urlsafe(16)
         _no_store(request, b"text/html; charset=utf-8")
@@ -172,10 +194,10 @@ class TokenEndpoint(Resource):
 class DemoRoot(Resource):
     """Sends WebSocket handshakes to the feed and everything else to the page."""
 
-    def __init__(self, factory: WebSocketServerFactory, tokens: PageTokens) -> None:
+    def __init__(self, factory: NanostreamServerFactory, tokens: PageTokens) -> None:
         super().__init__()
         self._websocket = WebSocketUpgrade(factory)
-        self.putChild(b"", DemoPage(tokens))
+        self.putChild(b"", DemoPage(tokens, factory.broadcaster))
         self.putChild(b"token", TokenEndpoint(tokens))
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
@@ -189,7 +211,7 @@ class DemoRoot(Resource):
 
 
 def demo_site(
-    factory: WebSocketServerFactory,
+    factory: NanostreamServerFactory,
     tokens: PageTokens,
     reactor: IReactorTime,
     timeout: float | None = None,

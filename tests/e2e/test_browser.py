@@ -64,8 +64,8 @@ def _playwright() -> Any:
     return sync_playwright
 
 
-class BrowserTests(ServiceTestCase):
-    """The demo page shows the feed, reconnects, and is refused a used token."""
+class BrowserTestCase(ServiceTestCase):
+    """A Chromium for each test, and helpers to drive the demo page."""
 
     def setUp(self) -> None:
         sync_playwright = _playwright()
@@ -115,11 +115,12 @@ class BrowserTests(ServiceTestCase):
         page.wait_for_selector(f'#state[data-state="{state}"]')
 
     def await_lines(self, page: Any, count: int) -> list[str]:
-        """The page's lines once it shows ``count`` of them."""
+        """The page's lines once it shows ``count`` of them (gap marks left out)."""
         page.wait_for_function(
-            "n => document.querySelectorAll('#lines li').length >= n", arg=count
+            "n => document.querySelectorAll('#lines li:not(.gap)').length >= n",
+            arg=count,
         )
-        lines: list[str] = page.locator("#lines li").all_inner_texts()
+        lines: list[str] = page.locator("#lines li:not(.gap)").all_inner_texts()
         return lines
 
     def screenshot(self, page: Any, name: str) -> Path:
@@ -127,6 +128,10 @@ class BrowserTests(ServiceTestCase):
         page.screenshot(path=str(path), full_page=True)
         self.assertGreater(path.stat().st_size, 0)
         return path
+
+
+class BrowserTests(BrowserTestCase):
+    """The demo page shows the feed, reconnects, and is refused a used token."""
 
     # -- tests ------------------------------------------------------------------
 
@@ -157,6 +162,8 @@ class BrowserTests(ServiceTestCase):
         self.await_state(page, "live")
         second_token = self.remember_token(service, page)
         self.assertNotEqual(second_token, first_token)
+        # The reloaded page starts after the newest line: nothing to catch up.
+        page.wait_for_selector('#resume[data-resume="caught-up"]')
         service.log.wait_for(r"client connected", after=mark)
 
         service.write(b"after the reload 1\nafter the reload 2\n")
@@ -196,6 +203,9 @@ class BrowserTests(ServiceTestCase):
         second.log.wait_for(r'"GET /token HTTP/1.1" 200')
         self.assertEqual(page.get_attribute("#state", "data-opens"), "2")
 
+        # The new run does not hold the first run's lines: a gap, marked.
+        page.wait_for_selector('#resume[data-resume="missed-lines"]')
+        self.assertEqual(page.locator("#lines li.gap").count(), 1)
         second.write(b"from the second run\n")
         self.assertEqual(
             self.await_lines(page, 2), ["from the first run", "from the second run"]
