@@ -116,6 +116,11 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
             if since:
                 self._since = since[0].encode("ascii")
         if isinstance(decision, Deferred):
+            # Counted under --max-clients until the answer: open (in the same
+            # call as the answer) or refused.
+            tracker = self.factory.tracker
+            tracker.reserve()
+            decision.addBoth(_released, tracker)
             decision.addCallbacks(self._admitted, self._deny)
             return decision
         # Autobahn takes a returned string for the selected subprotocol.
@@ -243,6 +248,12 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         # sendClose() only admits the codes an application may choose;
         # 1001 is the server's own, so go one level down.
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
+
+
+def _released(result: object, tracker: ClientTracker) -> object:
+    """Give back the place a handshake held while its ledger decided."""
+    tracker.release()
+    return result
 
 
 def query_values(uri: str) -> dict[str, list[str]]:
