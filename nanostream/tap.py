@@ -34,6 +34,7 @@ from nanostream.clients import BroadcastService
 from nanostream.numbers import number_option
 from nanostream.ops.levels import CHOICES, DEFAULT, apply_log_level, level_option
 from nanostream.ops.memory import StartupFreezer
+from nanostream.ops.shutdown import StopOnTerm
 from nanostream.redis.url import RedisURLError, resolve
 from nanostream.resume.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_LINES
 from nanostream.sources import SourceStatus
@@ -323,6 +324,7 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> MultiService:
     listening = listen_services(options, server, reactor)
     status = SourceStatus()
     services = [
+        StopOnTerm(reactor),
         BroadcastService(
             server.broadcaster, server.tracker, reactor, startup_warnings(options)
         ),
