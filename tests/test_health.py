@@ -143,6 +143,7 @@ class ProbeLogTests(SynchronousTestCase):
         self.assertEqual(len(events), 1)
         self.assertEqual(events[0]["log_level"], LogLevel.warn)
         self.assertEqual((events[0]["path"], events[0]["code"]), ("/readyz", 503))
+        self.assertRegex(events[0]["peer"], r"^tcp4:[0-9.]+:[0-9]+$")
 
     def test_other_paths_logged(self) -> None:
         """A request for anything but a probe is access-logged as on any site."""

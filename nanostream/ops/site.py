@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+from autobahn.twisted.util import peer2str
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import IReactorTime
@@ -53,7 +54,7 @@ class MonitorSite(Site):
                 "probe {path} answered {code} to {peer}",
                 path=request.path.decode("ascii", "replace"),
                 code=request.code,
-                peer=str(request.getClientAddress()),
+                peer=peer2str(request.transport) if request.transport else None,
             )
         if self.probes_logged:
             super().log(request)
