@@ -23,7 +23,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from nanostream.auth.admission import Admission, Refused
@@ -35,6 +35,7 @@ from nanostream.autobahn_overrides import (
 )
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
+from nanostream.ops.levels import logged
 from nanostream.sinks import ClientSink, sink_for
 
 _log = Logger()
@@ -170,11 +171,12 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         else:
             del self._since
             broadcaster.resume(sink, since)
-        _log.info(
-            "client connected: {peer} ({clients} clients)",
-            peer=self.peer,
-            clients=len(broadcaster),
-        )
+        if logged(LogLevel.info):
+            _log.info(
+                "client connected: {peer} ({clients} clients)",
+                peer=self.peer,
+                clients=len(broadcaster),
+            )
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
@@ -214,12 +216,13 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         tracker.closed()
         # The tracker, not the broadcaster: at shutdown every client has left
         # the fan-out before its connection closes.
-        _log.info(
-            "client disconnected: {peer} ({clients} clients)",
-            peer=self.peer,
-            code=code,
-            clients=tracker.open,
-        )
+        if logged(LogLevel.info):
+            _log.info(
+                "client disconnected: {peer} ({clients} clients)",
+                peer=self.peer,
+                code=code,
+                clients=tracker.open,
+            )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)

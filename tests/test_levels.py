@@ -13,6 +13,8 @@ import txaio
 from autobahn.twisted import websocket as adapter
 from autobahn.util import hltype, hlval
 from autobahn.websocket import protocol
+from support import mint
+from test_websocket import WebSocketTestCase
 from twisted.logger import (
     LogBeginner,
     LogEvent,
@@ -24,11 +26,13 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanostream.auth import reasons
 from nanostream.ops.levels import (
     AtLeast,
     LevelGate,
     apply_log_level,
     level_option,
+    logged,
     quiet_autobahn_debug,
 )
 from nanostream.tap import ServiceOptions
@@ -181,3 +185,24 @@ class AutobahnTests(SynchronousTestCase):
         self.assertEqual(txaio.get_global_log_level(), "warn")  # type: ignore[attr-defined]
         logger = txaio.make_logger()  # type: ignore[attr-defined]
         self.assertIs(logger.info, logger.debug)
+
+
+class QuietConnectionTests(WebSocketTestCase):
+    """At warn a connection's own lines are not even emitted."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        apply_log_level("warn")
+        self.addCleanup(apply_log_level, "info")
+
+    def test_no_events_for_clients_coming_and_going(self) -> None:
+        """A client opening and closing emits nothing; a refusal still does."""
+        self.assertFalse(logged(LogLevel.info))
+        connection = self.connect("t=" + mint())
+        self.assertTrue(connection.client.opened)
+        connection.client.sendClose()
+        connection.flush()
+        self.assertEqual(self.factory.tracker.open, 0)
+        self.assertEqual(self.mentioning("client "), [])
+        self.assertFalse(self.connect("t=bad").client.opened)
+        self.assertEqual(len(self.mentioning(reasons.INVALID)), 1)
