@@ -166,7 +166,7 @@ class AutobahnTests(SynchronousTestCase):
             self.assertEqual(outside, [], module.__name__)
 
     def test_debug_off_makes_highlighters_plain(self) -> None:
-        """Above debug the coloured-name helpers return their argument untouched."""
+        """Above debug the colouring functions return their argument untouched."""
         quiet_autobahn_debug(True)
         value: Any = object()
         self.assertIs(protocol.hltype(value), value)

@@ -9,7 +9,7 @@ no observer, so none of them spends a cycle turning it into text.
 
 Autobahn logs through txaio, whose loggers turn a disabled level into a
 no-op, but it computes some arguments of its debug lines before the call
-(coloured names of methods and values, per connection): those helpers
+(coloured names of methods and values, per connection): those functions
 become plain ones whenever debug is off.  See docs/operating.rst.
 """
 
