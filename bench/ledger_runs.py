@@ -12,6 +12,11 @@ drift of the machine does not always favour the same one.
 The figure is server CPU per handshake with the file over that with
 memory (target: at most 1.25, that is a handshake rate per CPU-second
 within 20% of the memory ledger's); the Redis part is there for scale.
+
+``handshake-quiet`` runs the same handshakes (in-memory ledger) at
+``--log-level info``, where every connection writes two lines, and at
+``warn``, where it writes none, in one run: server CPU per handshake at
+warn over that at info says what the per-connection lines cost.
 """
 
 from __future__ import annotations
@@ -101,3 +106,33 @@ def run_ledgers(run: Run) -> dict[str, Any]:
             f"no Redis at {redisfeed.HOST}:{redisfeed.PORT} ({redis_problem})"
         )
     return metrics
+
+
+LEVELS = ("info", "warn")
+
+
+def run_log_levels(run: Run) -> dict[str, Any]:
+    """The handshake scenario at --log-level info and at warn."""
+    shift = (_rep(run) - 1) % len(LEVELS)
+    order = LEVELS[shift:] + LEVELS[:shift]
+    parts = {
+        level: run_handshake(run.sub(level), extra=("--log-level", level))
+        for level in order
+    }
+    info, warn = parts["info"], parts["warn"]
+    return {
+        "info_handshakes_per_cpu_s": info["handshakes_per_cpu_s"],
+        "warn_handshakes_per_cpu_s": warn["handshakes_per_cpu_s"],
+        "info_handshakes_per_s": info["handshakes_per_s"],
+        "warn_handshakes_per_s": warn["handshakes_per_s"],
+        "warn_info_cpu_ratio": _ratio(_us(warn), _us(info)),
+        "server_cpu_share": info["server_cpu_share"],
+        "server_core_busy": info["server_core_busy"],
+        "loadgen_cpu_share": info["loadgen_cpu_share"],
+        "bottleneck": info["bottleneck"],
+        "failed": sum(p["failed"] for p in parts.values()),
+        "auth_ok": all(p["auth_ok"] for p in parts.values()),
+        "auth_checks": {name: p["auth_checks"] for name, p in parts.items()},
+        "client": info["client"],
+        "parts": parts,
+    }

@@ -15,6 +15,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -116,6 +117,25 @@ class ServerProcess:
             time.sleep(0.02)
         raise ProcessFailed(
             f"server not ready after {timeout}s:\n{_tail(self.log_path)}"
+        )
+
+    def wait_accepting(self, port: int, timeout: float = 60.0) -> None:
+        """Wait until ``port`` on loopback takes connections: for a server
+        whose log level keeps its ready line out of the log."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if self._proc.poll() is not None:
+                raise ProcessFailed(
+                    f"server exited with {self._proc.returncode} before it was"
+                    f" ready:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.02)
+        raise ProcessFailed(
+            f"server not accepting after {timeout}s:\n{_tail(self.log_path)}"
         )
 
     def cpu(self) -> float:

@@ -63,6 +63,11 @@ COLUMNS.update(
             ("redis_handshakes_per_cpu_s", "Redis hs/CPU-s", "{:,.0f}", "higher"),
             ("file_handshakes_per_s", "file hs/s", "{:,.0f}", "higher"),
         ],
+        "quiet": [
+            ("warn_info_cpu_ratio", "warn/info CPU/handshake", "{:.3f}", "lower"),
+            ("info_handshakes_per_cpu_s", "info hs/CPU-s", "{:,.0f}", "higher"),
+            ("warn_handshakes_per_cpu_s", "warn hs/CPU-s", "{:,.0f}", "higher"),
+        ],
         "redis": [
             ("stream_p50_ms", "stream p50 ms", "{:.2f}", "lower"),
             ("stream_p99_ms", "stream p99 ms", "{:.2f}", "lower"),
@@ -244,8 +249,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"## {scenario}: {data['descriptions'][scenario]}", ""]
         if scenario in only:
             lines += [
-                "nanostream only: the peers have no line ids, resume, Redis source"
-                " or ledger choice.",
+                "nanostream only: the peers have no line ids, resume, Redis source,"
+                " ledger choice or log level.",
                 "",
             ]
         head = ["server", *(c[1] for c in cols), "bottleneck", "correct"]

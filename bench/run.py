@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenarios",
         help="comma-separated: fanout-N, latency-N@RATE, handshake[-COUNT],"
         " memory[-COUNT], fanout-v1-N, resume-storm[-COUNT],"
-        " stream-latency[-N@RATE], handshake-ledger[-COUNT]"
+        " stream-latency[-N@RATE], handshake-ledger[-COUNT],"
+        " handshake-quiet[-COUNT]"
         f" (default: {','.join(scenarios.DEFAULT_SCENARIOS)})",
     )
     parser.add_argument(

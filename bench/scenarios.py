@@ -34,7 +34,7 @@ class Scenario:
 
     name: str
     kind: str  # fanout | latency | handshake | memory | fanout-v1 | storm | redis
-    # | ledger
+    # | ledger | quiet
     clients: int = 0
     lines: int = 0
     rate: float = 0.0
@@ -56,6 +56,11 @@ class Scenario:
             return (
                 f"{self.count} connections, {self.concurrency} in flight, with the"
                 " in-memory, file and Redis ledgers"
+            )
+        if self.kind == "quiet":
+            return (
+                f"{self.count} connections, {self.concurrency} in flight, at"
+                " --log-level info and warn"
             )
         if self.kind == "fanout-v1":
             return (
@@ -81,7 +86,7 @@ class Scenario:
         return self.kind in NANOSTREAM_ONLY
 
 
-NANOSTREAM_ONLY = frozenset({"fanout-v1", "storm", "redis", "ledger"})
+NANOSTREAM_ONLY = frozenset({"fanout-v1", "storm", "redis", "ledger", "quiet"})
 
 
 DEFAULT_SCENARIOS = (
@@ -139,6 +144,8 @@ def parse_scenario(
         return Scenario(
             name, "latency", clients=int(m[1]), rate=float(m[2]), duration=duration
         )
+    if m := re.fullmatch(r"handshake-quiet(?:-(\d+))?", name):
+        return Scenario(name, "quiet", count=int(m[1] or 5000), concurrency=50)
     if m := re.fullmatch(r"handshake-ledger(?:-(\d+))?", name):
         # Three parts whose CPU times are compared: a few seconds each.
         return Scenario(name, "ledger", count=int(m[1] or 5000), concurrency=50)
@@ -422,8 +429,16 @@ def run_handshake(run: Run, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     ``extra`` arguments go to nanostream (a ``--ledger``, say)."""
     sc = run.scenario
     args = ["--count", sc.count, "--concurrency", sc.concurrency]
+    quiet = "--log-level" in extra and extra[extra.index("--log-level") + 1] in (
+        "warn",
+        "error",
+    )
     with run.server(extra=extra) as server:
-        server.wait_ready()
+        if quiet:
+            # No "listening on" line at warn: the port itself says it.
+            server.wait_accepting(run.port)
+        else:
+            server.wait_ready()
         with run.loadgen("handshake", *args) as lg:
             ready = lg.wait("ready", timeout=60)
             before = Snapshot.take(server)
@@ -514,6 +529,10 @@ def _runner(kind: str) -> Callable[[Run], dict[str, Any]]:
         import ledger_runs
 
         return ledger_runs.run_ledgers
+    if kind == "quiet":
+        import ledger_runs
+
+        return ledger_runs.run_log_levels
     import resume_runs  # the nanostream-only scenarios build on this module
 
     return resume_runs.RUNNERS[kind]

@@ -175,5 +175,6 @@ def monitor(
         reactor=reactor,
         ledger=server.ledger,
         trimmer=trimmer,
+        log_probes=options["log-level"] == "debug",
     )
     return [announced_service(options["metrics"], site, "metrics", reactor)]

@@ -20,12 +20,17 @@ class ClientTracker:
     """Counts open connections so a shutdown can wait until all are gone.
 
     It also knows ``--max-clients``, the bound the admission gate checks.
+    A handshake still waiting for its ledger (Redis) holds a place under
+    the bound, so that a burst of them cannot all pass the check first and
+    then all open.
     """
 
     def __init__(self, max_clients: int = 0) -> None:
         #: How many clients may be open at once; 0 for no bound.
         self.max_clients = max_clients
         self.open = 0
+        #: Handshakes admitted so far but waiting for the ledger's answer.
+        self.pending = 0
         #: Handshakes completed since start, read by the metrics.
         self.accepted = 0
         #: Connections dropped for not completing their opening handshake
@@ -37,7 +42,15 @@ class ClientTracker:
 
     def full(self) -> bool:
         """True when another client would exceed ``max_clients``."""
-        return 0 < self.max_clients <= self.open
+        return 0 < self.max_clients <= self.open + self.pending
+
+    def reserve(self) -> None:
+        """A handshake waits for the ledger: its place is taken meanwhile."""
+        self.pending += 1
+
+    def release(self) -> None:
+        """The ledger answered; the handshake opens at once or not at all."""
+        self.pending -= 1
 
     def opened(self) -> None:
         self.open += 1

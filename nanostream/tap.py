@@ -32,7 +32,9 @@ from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES
 from nanostream.clients import BroadcastService
 from nanostream.numbers import number_option
+from nanostream.ops.levels import CHOICES, DEFAULT, apply_log_level, level_option
 from nanostream.ops.memory import StartupFreezer
+from nanostream.ops.shutdown import StopOnTerm
 from nanostream.redis.url import RedisURLError, resolve
 from nanostream.resume.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_LINES
 from nanostream.sources import SourceStatus
@@ -128,6 +130,8 @@ class ServiceOptions(usage.Options):
                 doc="Bytes of lines kept for clients that resume"),
         ["metrics", None, None, "Endpoint serving Prometheus /metrics, /healthz and "
          "/readyz [default: off]"],
+        ["log-level", None, DEFAULT, f"Log events at this level and above: "
+         f"{', '.join(CHOICES)}; warn drops per-connection lines", level_option],
     ]
     # fmt: on
 
@@ -313,11 +317,14 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
 
+    # Before the runner begins logging, so that its observers get the filter.
+    apply_log_level(options["log-level"])
     server = gate(options, reactor)
     trimmer, upkeep_services = upkeep(server, reactor)
     listening = listen_services(options, server, reactor)
     status = SourceStatus()
     services = [
+        StopOnTerm(reactor),
         BroadcastService(
             server.broadcaster, server.tracker, reactor, startup_warnings(options)
         ),

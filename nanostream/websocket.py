@@ -23,7 +23,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from nanostream.auth.admission import Admission, Refused
@@ -36,6 +36,7 @@ from nanostream.autobahn_overrides import (
 )
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
+from nanostream.ops.levels import logged
 from nanostream.sinks import ClientSink, sink_for
 
 _log = Logger()
@@ -117,6 +118,11 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
             if since:
                 self._since = since[0].encode("ascii")
         if isinstance(decision, Deferred):
+            # Counted under --max-clients until the answer: open (in the same
+            # call as the answer) or refused.
+            tracker = self.factory.tracker
+            tracker.reserve()
+            decision.addBoth(_released, tracker)
             decision.addCallbacks(self._admitted, self._deny)
             return decision
         # Autobahn takes a returned string for the selected subprotocol.
@@ -166,11 +172,12 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         else:
             del self._since
             broadcaster.resume(sink, since)
-        _log.info(
-            "client connected: {peer} ({clients} clients)",
-            peer=self.peer,
-            clients=len(broadcaster),
-        )
+        if logged(LogLevel.info):
+            _log.info(
+                "client connected: {peer} ({clients} clients)",
+                peer=self.peer,
+                clients=len(broadcaster),
+            )
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
@@ -210,12 +217,13 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         tracker.closed()
         # The tracker, not the broadcaster: at shutdown every client has left
         # the fan-out before its connection closes.
-        _log.info(
-            "client disconnected: {peer} ({clients} clients)",
-            peer=self.peer,
-            code=code,
-            clients=tracker.open,
-        )
+        if logged(LogLevel.info):
+            _log.info(
+                "client disconnected: {peer} ({clients} clients)",
+                peer=self.peer,
+                code=code,
+                clients=tracker.open,
+            )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -244,6 +252,12 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         # sendClose() only admits the codes an application may choose;
         # 1001 is the server's own, so go one level down.
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
+
+
+def _released(result: object, tracker: ClientTracker) -> object:
+    """Give back the place a handshake held while its ledger decided."""
+    tracker.release()
+    return result
 
 
 def query_values(uri: str) -> dict[str, list[str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from prometheus_client import CollectorRegistry
 from twisted.internet import endpoints, reactor
 from twisted.internet.address import IPv4Address
@@ -10,6 +12,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -21,7 +24,7 @@ from nanostream.clients import ClientTracker
 from nanostream.listening import announced_service
 from nanostream.ops.access_log import redacting_site
 from nanostream.ops.health import Readiness
-from nanostream.ops.site import monitor_resource, monitor_site
+from nanostream.ops.site import MonitorSite, monitor_resource, monitor_site
 from nanostream.sources import SourceStatus
 from nanostream.tap import ServiceOptions, makeService
 
@@ -98,6 +101,55 @@ class PageTests(SynchronousTestCase):
     def test_unknown_path(self) -> None:
         """Anything else is 404."""
         self.assertEqual(get(self.site, b"/nothing")[0], 404)
+
+
+class ProbeLogTests(SynchronousTestCase):
+    """Probes are access-logged only at debug; a failed one always, at warn."""
+
+    def site(self, *, probes_logged: bool) -> tuple[MonitorSite, io.StringIO]:
+        self.source = SourceStatus()
+        self.source.up("reading stdin")
+        resource = monitor_resource(CollectorRegistry(), Readiness(self.source, []))
+        site = redacting_site(resource, reactor=Clock(), site_class=MonitorSite)
+        assert isinstance(site, MonitorSite)
+        site.probes_logged = probes_logged
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        access = io.StringIO()
+        site.logFile = access
+        return site, access
+
+    def test_answered_probe_not_logged(self) -> None:
+        """A 200 from /healthz or /readyz writes no access line and no event."""
+        site, access = self.site(probes_logged=False)
+        with capturedLogs() as events:
+            self.assertEqual(get(site, b"/healthz")[0], 200)
+            self.assertEqual(get(site, b"/readyz")[0], 200)
+        self.assertEqual((access.getvalue(), events), ("", []))
+
+    def test_answered_probe_logged_at_debug(self) -> None:
+        """With probes logged, each gets its usual access line."""
+        site, access = self.site(probes_logged=True)
+        get(site, b"/healthz")
+        self.assertIn('"GET /healthz HTTP/1.1" 200', access.getvalue())
+
+    def test_failed_probe_is_a_warning(self) -> None:
+        """A 503 from /readyz is one warn event naming the path and the status."""
+        site, access = self.site(probes_logged=False)
+        self.source.down("stdin closed")
+        with capturedLogs() as events:
+            self.assertEqual(get(site, b"/readyz")[0], 503)
+        self.assertEqual(access.getvalue(), "")
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertEqual((events[0]["path"], events[0]["code"]), ("/readyz", 503))
+        self.assertRegex(events[0]["peer"], r"^tcp4:[0-9.]+:[0-9]+$")
+
+    def test_other_paths_logged(self) -> None:
+        """A request for anything but a probe is access-logged as on any site."""
+        site, access = self.site(probes_logged=False)
+        get(site, b"/nothing")
+        self.assertIn('"GET /nothing HTTP/1.1" 404', access.getvalue())
 
 
 class Response(Protocol):

@@ -391,6 +391,69 @@ class MaxClientsTests(LimitsTestCase):
         )
 
 
+class PendingMaxClientsTests(LimitsTestCase):
+    """Handshakes waiting for the ledger (Redis) count under --max-clients."""
+
+    def test_waiting_handshakes_hold_their_places(self) -> None:
+        """With N handshakes waiting on the ledger the next gets 503 at once,
+        and the N that then open never exceed the bound."""
+        ledger = PendingLedger()
+        self.limited(max_clients=2, ledger=ledger)
+        waiting = [self.connect("t=" + mint(sub=sub)) for sub in ("a", "b")]
+        third = self.connect("t=" + mint(sub="c"))
+        self.assertEqual(
+            third.client.status_line, f"HTTP/1.1 503 {reasons.TOO_MANY_CLIENTS}"
+        )
+        self.assertEqual(len(ledger.answers), 2)
+        for answer in ledger.answers:
+            answer.callback(True)
+        self.flush()
+        self.assertEqual([c.client.opened for c in waiting], [True, True])
+        self.assertEqual(self.factory.tracker.open, 2)
+        self.assertEqual(self.factory.tracker.pending, 0)
+
+    def test_refused_answer_frees_the_place(self) -> None:
+        """A token the ledger says was used gives its place to the next one."""
+        ledger = PendingLedger()
+        self.limited(max_clients=1, ledger=ledger)
+        used = self.connect("t=" + mint(sub="a"))
+        ledger.answers[0].callback(False)
+        self.flush()
+        self.assertEqual(
+            used.client.status_line, f"HTTP/1.1 401 {reasons.ALREADY_USED}"
+        )
+        self.connect("t=" + mint(sub="b"))
+        self.assertEqual(len(ledger.answers), 2)
+        ledger.answers[1].callback(True)
+        self.assertEqual(self.factory.tracker.open, 1)
+
+    def test_failed_ledger_frees_the_place(self) -> None:
+        """A ledger that fails refuses the handshake (503) and frees its place."""
+        ledger = PendingLedger()
+        self.limited(max_clients=1, ledger=ledger)
+        failed = self.connect("t=" + mint(sub="a"))
+        ledger.answers[0].errback(RuntimeError("Redis went away"))
+        self.flush()
+        self.assertEqual(
+            failed.client.status_line, f"HTTP/1.1 503 {reasons.LEDGER_UNAVAILABLE}"
+        )
+        self.assertEqual(self.factory.tracker.pending, 0)
+        self.assertFalse(self.factory.tracker.full())
+
+    def test_client_gone_frees_the_place(self) -> None:
+        """A client that leaves while waiting is released once the answer comes."""
+        ledger = PendingLedger()
+        self.limited(max_clients=1, ledger=ledger)
+        server, transport = self.raw()
+        server.dataReceived(request("/?t=" + mint()))
+        transport.loseConnection()
+        self.assertTrue(self.factory.tracker.full())
+        ledger.answers[0].callback(True)
+        self.assertEqual(
+            (self.factory.tracker.open, self.factory.tracker.pending), (0, 0)
+        )
+
+
 class AssemblyTests(WebSocketTestCase):
     """makeService hands the three limits to the factory and the gate."""
 

@@ -92,15 +92,17 @@ def redacting_site(
     *,
     reactor: IReactorTime | None = None,
     behind_proxy: bool = False,
+    site_class: type[Site] = Site,
     **site_options: Any,
 ) -> Site:
     """A ``Site`` whose access log redacts tokens.
 
     :param behind_proxy: log the client address from ``X-Forwarded-For``.
+    :param site_class: ``Site`` or a subclass of it.
     :param site_options: passed on to :class:`~twisted.web.server.Site`
         (``logPath``, ``timeout``).
     """
     formatter = (
         redactedProxiedLogFormatter if behind_proxy else redactedCombinedLogFormatter
     )
-    return Site(resource, logFormatter=formatter, reactor=reactor, **site_options)
+    return site_class(resource, logFormatter=formatter, reactor=reactor, **site_options)

@@ -93,4 +93,7 @@ class MetricsTests(ServiceTestCase):
         self.assertGreater(found[("nanostream_bytes_delivered_total", ())], 0)
         self.assertEqual(found[("nanostream_source_connected", ())], 1)
         self.assertLess(found[("nanostream_seconds_since_last_line", ())], 60)
-        service.log.wait_for(r"GET /metrics\?t=REDACTED ")
+        # Scrapes are not access-logged below debug; any other request is,
+        # and its token is redacted there.
+        self.assertEqual(http_get(self.monitor, f"/scrape?t={token}")[0], 404)
+        service.log.wait_for(r"GET /scrape\?t=REDACTED ")

@@ -95,6 +95,8 @@ class UnitFileTests(SynchronousTestCase):
         self.assertIn("${CREDENTIALS_DIRECTORY}/secret", command)
         self.assertIn("LoadCredential=secret:", service)
         self.assertIn("Restart=on-failure", service)
+        self.assertIn("StateDirectory=nanostream", service)
+        self.assertIn("/var/lib/nanostream/used-tokens", command)
         self.assertRegex(service, r"(?m)^User=nanostream$")
         self.assertIn(
             "ListenStream=0.0.0.0:8080", (UNITS / "nanostream.socket").read_text()
@@ -110,8 +112,10 @@ class UnitCommandTestCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
         self.credentials = self.directory / "credentials"
         self.runtime = self.directory / "run"
+        self.state = self.directory / "state"
         self.credentials.mkdir(mode=0o700)
         self.runtime.mkdir(mode=0o750)
+        self.state.mkdir(mode=0o700)
         self.secret = new_secret()
         (self.credentials / "secret").write_text(self.secret + "\n")
         self.clients: list[ClientConnection] = []
@@ -127,6 +131,7 @@ class UnitCommandTestCase(SynchronousTestCase):
             INSTALLED_TWIST: TWIST,
             "${CREDENTIALS_DIRECTORY}": str(self.credentials),
             "/run/nanostream": str(self.runtime),
+            "/var/lib/nanostream": str(self.state),
             **replace,
         }
         replaced = []
@@ -213,7 +218,10 @@ class SocketActivationTests(UnitCommandTestCase):
 
         process.send_signal(signal.SIGTERM)
         self.assertEqual(close_code(client), 1001)
-        self.assertIn(process.wait(STOP_TIMEOUT), (0, -signal.SIGTERM))
+        # 0, not death by SIGTERM: systemd, and anything else, sees a clean stop.
+        self.assertEqual(process.wait(STOP_TIMEOUT), 0)
+        # The used token went to the state directory's ledger file.
+        self.assertGreater((self.state / "used-tokens").stat().st_size, 0)
         log.join(STOP_TIMEOUT)
         self.assertNotIn(self.secret, log.text())
         self.assertNotIn("Traceback", log.text())
