@@ -1,7 +1,7 @@
 """Benchmark nanostream against peer servers, or smoke-test it with --quick.
 
     bench/setup                               # once: bench/.venv, node modules
-    bench/.venv/bin/python bench/run.py       # full run, about 20 minutes
+    bench/.venv/bin/python bench/run.py       # full run, about 50 minutes
     python bench/run.py --quick               # seconds; correctness only
 
 Each scenario runs against each server as a real process, repetitions
