@@ -318,8 +318,11 @@ def bottleneck(
         return "loadgen"
     if paced_reads:
         # The kernel's sending for the server runs on its core too: a full
-        # core means the clients were not the slower side.
-        return "server" if (server_core or 0.0) >= 0.95 else "clients"
+        # core that the server kept busy means the clients were not the
+        # slower side (a full core with the server nearly idle is someone
+        # else's load).
+        full = (server_core or 0.0) >= 0.95 and server_share >= 0.3
+        return "server" if full else "clients"
     return "neither"
 
 
