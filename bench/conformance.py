@@ -19,7 +19,8 @@ up to 16 MiB), 12.x and 13.x (permessage-deflate, which nanostream does not
 negotiate).
 
 Results: a table on stdout and in bench/results/conformance.md, per-case
-verdicts in conformance.json, the suite's own HTML report in
+verdicts in conformance.json (``cases``, beside ``source``: the commit
+measured and whether the tree was dirty), the suite's own HTML report in
 bench/results/conformance/.  The exit status is 1 if any case fails.
 """
 
@@ -39,6 +40,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import provenance
 import servers
 
 RESULTS = servers.BENCH / "results"
@@ -272,7 +274,10 @@ def main() -> None:
     if not args.judge_only:
         run_suite(args)
     verdicts, table = summarize(args.out / "conformance")
-    (args.out / "conformance.json").write_text(json.dumps(verdicts, indent=1))
+    source = provenance.current()
+    table += "\n" + provenance.summary_line(source) + "\n"
+    document = {"source": source, "cases": verdicts}
+    (args.out / "conformance.json").write_text(json.dumps(document, indent=1))
     (args.out / "conformance.md").write_text(table)
     sys.stdout.write(table)
     if any(v["verdict"] == "fail" for v in verdicts.values()):

@@ -11,7 +11,8 @@ Modes:
 
 * ``stream``: open N clients, then count what they receive (order, loss,
   optionally latency) until each has ``--expect`` lines; with ``--v1`` they
-  speak ``nanostream.v1`` and also check that the ids count up by one.
+  speak ``nanostream.v1`` and also check that the ids count up by one; with
+  ``--rcvbuf`` and ``--read-tick-ms`` they read slowly (see rawclient.py).
 * ``handshake``: connect/101/close ``--count`` times with ``--concurrency``
   in flight, then check that a reused or bad token gets 401.
 * ``hold``: open ``--count`` idle connections and keep them until told to stop.
@@ -44,7 +45,7 @@ from clients import (
     pick_backend,
 )
 from procfs import self_cpu_seconds
-from rawclient import Expected, IdLines, open_exact
+from rawclient import Expected, IdLines, ReadPacer, open_exact
 
 #: The subprotocol whose clients get ``<id> <line>`` and notices.
 SUBPROTOCOL = "nanostream.v1"
@@ -116,7 +117,13 @@ async def run_stream(
     elif args.expect_file:
         expected = Expected.from_file(args.expect_file)
         args.expect = len(expected.ends)
-    exact = expected is not None and (args.v1 or args.client in ("auto", "exact"))
+    slow = args.rcvbuf is not None or args.read_tick_ms is not None
+    exact = expected is not None and (
+        args.v1 or slow or args.client in ("auto", "exact")
+    )
+    if slow and not exact:
+        raise SystemExit("slow clients need --expect-file")
+    pacer = ReadPacer(args.read_tick_ms / 1000) if args.read_tick_ms else None
     stream = Stream(args.clients, args.expect, args.latency)
     conns: list[Connection] = []
     failures: Counter[str] = Counter()
@@ -128,7 +135,11 @@ async def run_stream(
             if exact:
                 assert expected is not None
                 protocol = SUBPROTOCOL if args.v1 else None
-                conns.append(await open_exact(url, expected, tally, source, protocol))
+                conns.append(
+                    await open_exact(
+                        url, expected, tally, source, protocol, args.rcvbuf, pacer
+                    )
+                )
             else:
                 conns.append(await session.backend.open(url, tally, source))
         except Exception as exc:  # noqa: BLE001 - every failure is counted
@@ -149,6 +160,8 @@ async def run_stream(
     )
     timed_out = not await _await_progress(stream, args.idle_timeout, args.deadline)
     cpu_done = self_cpu_seconds()
+    if pacer is not None:
+        pacer.stop()
     tallies = stream.tallies
     result: dict[str, Any] = {
         "clients": args.clients,
@@ -165,6 +178,7 @@ async def run_stream(
         "t_last_ns": stream.t_last_ns,
         "cpu_s": round(cpu_done - cpu_ready, 6),
         "reads": stream.reads,
+        "paused_reads": pacer.holds if pacer is not None else None,
         "failed": dict(failures),
     }
     if stream.latencies is not None:
@@ -333,6 +347,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--v1",
         action="store_true",
         help="stream: offer nanostream.v1 and check <id> <line> (exact client)",
+    )
+    parser.add_argument(
+        "--rcvbuf", type=int, help="stream: SO_RCVBUF of each client (slow clients)"
+    )
+    parser.add_argument(
+        "--read-tick-ms",
+        type=float,
+        help="stream: each client reads at most once per tick (slow clients)",
     )
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=20)

@@ -13,6 +13,11 @@ merged, truncated or mis-typed message breaks the match. From the first
 byte that differs (a fragmented message, an unexpected ping, or a real
 fault) it falls back to parsing frames one by one and counting sequence
 numbers, so that faults are still reported as numbers.
+
+A slow client (``fanout-slow-N``) is this client with a small receive
+buffer (``SO_RCVBUF``, set before connecting so the window stays small)
+that reads at most once per tick of a :class:`ReadPacer`: it drains slower
+than a fast server writes, so the server's sockets fill and it must queue.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import base64
 import bisect
 import hashlib
 import os
+import socket
 from collections.abc import Sequence
 from typing import cast
 from urllib.parse import urlsplit
@@ -29,6 +35,8 @@ from urllib.parse import urlsplit
 from clients import Rejected, SourceAddr, Tally
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: The MSS slow clients announce: Ethernet's 1500-byte MTU less IP and TCP.
+SLOW_MSS = 1460
 _CLOSE_OK = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # masked with a zero key
 
 
@@ -81,6 +89,48 @@ def _utf8(line: bytes) -> bool:
     return True
 
 
+class ReadPacer:
+    """Lets each client read at most once per ``tick`` seconds.
+
+    A client that has read pauses its transport and waits here; one timer
+    resumes all waiting clients at once, so the pacing costs one timer per
+    tick however many clients there are.
+    """
+
+    def __init__(self, tick: float) -> None:
+        self._tick = tick
+        self._held: list[asyncio.Transport] = []
+        self.holds = 0
+        self._handle: asyncio.TimerHandle | None = (
+            asyncio.get_running_loop().call_later(tick, self._release)
+        )
+
+    def hold(self, transport: asyncio.Transport) -> None:
+        """Stop reading ``transport`` until the next tick."""
+        if self._handle is None:
+            return
+        transport.pause_reading()
+        self._held.append(transport)
+        self.holds += 1
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for transport in held:
+            if not transport.is_closing():
+                transport.resume_reading()
+        self._handle = asyncio.get_running_loop().call_later(self._tick, self._release)
+
+    def stop(self) -> None:
+        """Read at full speed from now on: the closing handshakes must not wait."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        held, self._held = self._held, []
+        for transport in held:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+
 class ExactStream(asyncio.Protocol):
     """One client connection: HTTP upgrade, then the exact-match check."""
 
@@ -90,6 +140,7 @@ class ExactStream(asyncio.Protocol):
         upgrade: Upgrade,
         expected: Expected | IdLines,
         tally: Tally,
+        pacer: ReadPacer | None = None,
     ):
         self._request = request
         self._upgrade = upgrade
@@ -98,6 +149,7 @@ class ExactStream(asyncio.Protocol):
         self._expected = expected if isinstance(expected, Expected) else None
         self._first = b""  # a v1 stream's bytes until its first frame is whole
         self._tally = tally
+        self._pacer = pacer
         self._pos = 0  # bytes of the expected stream matched so far
         self._frames: bytearray | None = None  # set once parsing frame by frame
         self._fragments: list[bytes] = []
@@ -119,6 +171,8 @@ class ExactStream(asyncio.Protocol):
             data = self._handshake(data)
             if not data:
                 return
+        if self._pacer is not None and self.transport is not None:
+            self._pacer.hold(self.transport)
         if self._expected is None:
             data = self._resolve(data)
             if not data:
@@ -333,17 +387,39 @@ async def open_exact(
     tally: Tally,
     source: SourceAddr,
     protocol: str | None = None,
+    rcvbuf: int | None = None,
+    pacer: ReadPacer | None = None,
 ) -> ExactStream:
-    """Connect to ``url`` (ws://host:port/path?query) and complete the upgrade."""
+    """Connect to ``url`` (ws://host:port/path?query) and complete the upgrade;
+    ``rcvbuf`` and ``pacer`` make a slow client."""
     parts = urlsplit(url)
     request, upgrade = upgrade_request(url, protocol)
     loop = asyncio.get_running_loop()
-    kwargs = {} if source is None else {"local_addr": source}
-    _, protocol_ = await loop.create_connection(
-        lambda: ExactStream(request, upgrade, expected, tally),
-        parts.hostname,
-        parts.port,
-        **kwargs,
-    )
+
+    def make() -> ExactStream:
+        return ExactStream(request, upgrade, expected, tally, pacer)
+
+    if rcvbuf is None:
+        kwargs = {} if source is None else {"local_addr": source}
+        _, protocol_ = await loop.create_connection(
+            make, parts.hostname, parts.port, **kwargs
+        )
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # Before connect: the window scale is fixed by the SYN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            # An Ethernet-sized MSS, as from a client across a real network:
+            # loopback's 64 KiB MSS would let the server's kernel autotune
+            # its send buffer to megabytes and hold every byte itself.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SLOW_MSS)
+            sock.setblocking(False)
+            if source is not None:
+                sock.bind(source)
+            await loop.sock_connect(sock, (parts.hostname, parts.port))
+        except BaseException:
+            sock.close()
+            raise
+        _, protocol_ = await loop.create_connection(make, sock=sock)
     await asyncio.wait_for(protocol_.opened, 30)
     return protocol_

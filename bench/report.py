@@ -2,7 +2,9 @@
 
 Every figure in the table is the median of the repetitions, with the
 min–max spread beside it, because on a 2-core machine one run can be
-disturbed by anything; the spread says how much to trust the median.
+disturbed by anything; the spread says how much to trust the median. A
+difference between two servers whose spreads overlap is a tie, whatever
+the medians say, and the ratios say so.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ COLUMNS: dict[str, list[tuple[str, str, str, str]]] = {
     "fanout": [
         ("deliveries_per_s", "deliveries/s", "{:,.0f}", "higher"),
         ("deliveries_per_cpu_s", "deliveries/server CPU-s", "{:,.0f}", "higher"),
+    ],
+    "fanout-slow": [
+        ("deliveries_per_cpu_s", "deliveries/server CPU-s", "{:,.0f}", "higher"),
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}", "higher"),
+        ("loadgen_frames_per_read", "frames per client read", "{:,.0f}", ""),
+    ],
+    "paced": [
+        ("server_us_per_delivery", "server µs CPU/delivery", "{:.3f}", "lower"),
     ],
     "latency": [
         ("latency_p50_ms", "p50 ms", "{:.2f}", "lower"),
@@ -195,22 +205,41 @@ def summarize(runs: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, An
     return summary
 
 
+def verdict(mine: dict[str, Any], theirs: dict[str, Any], better: str) -> str:
+    """``ahead``, ``behind``, ``tie`` (the min–max ranges overlap: the
+    difference is within the noise) or ``one run`` (no spread is known)."""
+    if mine["n"] < 2 or theirs["n"] < 2:
+        return "one run"
+    if mine["min"] <= theirs["max"] and theirs["min"] <= mine["max"]:
+        return "tie"
+    higher = mine["min"] > theirs["max"]
+    return "ahead" if higher == (better == "higher") else "behind"
+
+
 def ratios(summary: dict[str, Any], kinds: dict[str, str]) -> dict[str, Any]:
-    """nanostream's median divided by each peer's, per headline metric."""
+    """nanostream's median divided by each peer's, per headline metric, with
+    the verdict of their ranges."""
     out: dict[str, Any] = {}
     for scenario, servers in summary.items():
         ours = servers.get(NANOSTREAM)
         if not ours:
             continue
         for metric, _, _, better in COLUMNS[kinds[scenario]]:
-            mine = ours["metrics"].get(metric, {}).get("median")
-            row = {}
+            if not better:
+                continue
+            mine = ours["metrics"].get(metric)
+            row, verdicts = {}, {}
             for peer, cell in servers.items():
-                theirs = cell["metrics"].get(metric, {}).get("median")
-                if peer != NANOSTREAM and mine is not None and theirs:
-                    row[peer] = round(mine / theirs, 3)
+                theirs = cell["metrics"].get(metric)
+                if peer != NANOSTREAM and mine and theirs and theirs["median"]:
+                    row[peer] = round(mine["median"] / theirs["median"], 3)
+                    verdicts[peer] = verdict(mine, theirs, better)
             if row:
-                out.setdefault(scenario, {})[metric] = {"better": better, "ratio": row}
+                out.setdefault(scenario, {})[metric] = {
+                    "better": better,
+                    "ratio": row,
+                    "verdict": verdicts,
+                }
     return out
 
 
@@ -282,7 +311,10 @@ def markdown(data: dict[str, Any]) -> str:
             "## nanostream ÷ peer (medians)",
             "",
             "Above 1 is better for nanostream where higher is better, and worse"
-            " where lower is better.",
+            " where lower is better. *tie*: the two servers' min–max ranges over"
+            " the repetitions overlap, so the difference is within the noise"
+            " whatever the medians say; *ahead* and *behind* are said only when"
+            " they do not overlap (*one run*: a single repetition, no spread).",
             "",
             "| scenario | metric | better | " + " | ".join(peers) + " |",
             "|" + "---|" * (3 + len(peers)),
@@ -290,7 +322,9 @@ def markdown(data: dict[str, Any]) -> str:
         for scenario, metrics in data["ratios"].items():
             for metric, entry in metrics.items():
                 vals = [
-                    f"{entry['ratio'][p]:.2f}" if p in entry["ratio"] else "–"
+                    f"{entry['ratio'][p]:.2f} {entry['verdict'][p]}"
+                    if p in entry["ratio"]
+                    else "–"
                     for p in peers
                 ]
                 lines.append(

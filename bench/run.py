@@ -1,7 +1,7 @@
 """Benchmark nanostream against peer servers, or smoke-test it with --quick.
 
     bench/setup                               # once: bench/.venv, node modules
-    bench/.venv/bin/python bench/run.py       # full run, about 20 minutes
+    bench/.venv/bin/python bench/run.py       # full run, about 50 minutes
     python bench/run.py --quick               # seconds; correctness only
 
 Each scenario runs against each server as a real process, repetitions
@@ -33,6 +33,8 @@ import servers
 from scenarios import Context, Scenario
 
 RESULTS = servers.BENCH / "results"
+#: --quick also checks this peer's correctness when it can run here.
+QUICK_PEER = "picows-batched"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,13 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         help=f"comma-separated, from {','.join(servers.ALL)} (default: all;"
-        " --quick: nanostream)",
+        f" --quick: nanostream, and {QUICK_PEER} where installed)",
     )
     parser.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     parser.add_argument(
         "--scenarios",
-        help="comma-separated: fanout-N, latency-N@RATE, handshake[-COUNT],"
-        " memory[-COUNT], fanout-v1-N, resume-storm[-COUNT],"
+        help="comma-separated: fanout-N, fanout-slow-N, paced-N@RATE,"
+        " latency-N@RATE, handshake[-COUNT], memory[-COUNT],"
+        " memory-malloc[-COUNT], fanout-v1-N, resume-storm[-COUNT],"
         " stream-latency[-N@RATE], handshake-ledger[-COUNT],"
         " handshake-quiet[-COUNT]"
         f" (default: {','.join(scenarios.DEFAULT_SCENARIOS)})",
@@ -84,7 +87,10 @@ def quick_scenarios() -> list[Scenario]:
     and of resume."""
     return [
         Scenario("fanout-5", "fanout", clients=5, lines=300),
+        Scenario("fanout-slow-5", "fanout-slow", clients=5, lines=300),
+        Scenario("paced-5@200", "paced", clients=5, rate=200.0, duration=1.0),
         Scenario("handshake-40", "handshake", count=40, concurrency=8),
+        Scenario("memory-malloc-20", "memory", count=20, concurrency=10, shipped=True),
         Scenario("fanout-v1-5", "fanout-v1", clients=5, lines=300),
         Scenario(
             "resume-storm-20",
@@ -125,6 +131,8 @@ def headline(run: dict[str, Any]) -> str:
     parts = []
     for key in (
         "deliveries_per_s",
+        "deliveries_per_cpu_s",
+        "server_us_per_delivery",
         "latency_p50_ms",
         "latency_p99_ms",
         "handshakes_per_s",
@@ -171,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     names = (
         args.servers or ("nanostream" if args.quick else ",".join(servers.ALL))
     ).split(",")
+    quick_peer = args.quick and not args.servers
+    if quick_peer:
+        # The peer to beat, checked too where bench/setup has installed it.
+        names.append(QUICK_PEER)
     reps = args.reps or (1 if args.quick else 3)
     if args.quick and not args.scenarios:
         plan = quick_scenarios()
@@ -183,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     twistd = servers.find_twistd(args.twistd)
     specs = servers.build(names, twistd)
     usable = []
-    for spec in specs:
-        if spec.problem:
+    for spec in list(specs):
+        if spec.problem and quick_peer and spec.name == QUICK_PEER:
+            print(
+                f"--quick: {spec.name} not installed here (bench/setup)",
+                file=sys.stderr,
+            )
+            specs.remove(spec)
+        elif spec.problem:
             print(f"skipping {spec.name}: {spec.problem}", file=sys.stderr)
         else:
             usable.append(spec)

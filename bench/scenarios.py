@@ -25,7 +25,11 @@ from typing import IO, Any
 import feed
 import procfs
 from processes import LoadgenProcess, ProcessFailed, ServerProcess, pinning
-from servers import BENCH, ServerSpec
+from servers import BENCH, SHIPPED_ENV, ServerSpec
+
+#: Clients of ``fanout-slow-N``: a small receive buffer, read once per tick.
+SLOW_RCVBUF = 16384
+SLOW_TICK_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -33,19 +37,31 @@ class Scenario:
     """What to do against each server, with the sizes to use."""
 
     name: str
-    kind: str  # fanout | latency | handshake | memory | fanout-v1 | storm | redis
-    # | ledger | quiet
+    kind: str  # fanout | fanout-slow | paced | latency | handshake | memory
+    # | fanout-v1 | storm | redis | ledger | quiet
     clients: int = 0
     lines: int = 0
     rate: float = 0.0
     duration: float = 0.0
     count: int = 0
     concurrency: int = 50
+    # The server as contrib/systemd runs it: its defaults, PYTHONMALLOC=malloc.
+    shipped: bool = False
 
     def describe(self) -> str:
         """One line for the report saying what was measured."""
         if self.kind == "fanout":
             return f"{self.clients} clients, {self.lines} lines of ~720 B at full speed"
+        if self.kind == "fanout-slow":
+            return (
+                f"{self.clients} slow clients (SO_RCVBUF {SLOW_RCVBUF} B, one read"
+                f" per {SLOW_TICK_MS:g} ms), {self.lines} lines of ~720 B at full speed"
+            )
+        if self.kind == "paced":
+            return (
+                f"{self.clients} clients, {self.rate:g} lines/s for"
+                f" {self.duration:g} s: server CPU per delivery"
+            )
         if self.kind == "latency":
             return (
                 f"{self.clients} clients, {self.rate:g} lines/s for {self.duration:g} s"
@@ -78,6 +94,11 @@ class Scenario:
                 f"{self.clients} clients, {self.rate:g} lines/s for"
                 f" {self.duration:g} s from a Redis stream and from pub/sub"
             )
+        if self.shipped:
+            return (
+                f"{self.count} idle authenticated connections, servers as shipped:"
+                " PYTHONMALLOC=malloc, default heartbeats"
+            )
         return f"{self.count} idle authenticated connections"
 
     @property
@@ -92,10 +113,13 @@ NANOSTREAM_ONLY = frozenset({"fanout-v1", "storm", "redis", "ledger", "quiet"})
 DEFAULT_SCENARIOS = (
     "fanout-100",
     "fanout-1000",
+    "fanout-slow-1000",
+    "paced-1000@20",
     "latency-100@200",
     "latency-1000@20",
     "handshake",
     "memory",
+    "memory-malloc",
     "fanout-v1-1000",
     "resume-storm",
     "stream-latency",
@@ -106,7 +130,8 @@ DEFAULT_SCENARIOS = (
 def parse_scenario(
     name: str, duration: float = 10.0, lines: int | None = None
 ) -> Scenario:
-    """Turn ``fanout-100``, ``latency-1000@20``, ``handshake[-K]``, ``memory[-K]``,
+    """Turn ``fanout-100``, ``fanout-slow-N``, ``paced-N@RATE``,
+    ``latency-1000@20``, ``handshake[-K]``, ``memory[-K]``, ``memory-malloc[-K]``,
     ``fanout-v1-N``, ``resume-storm[-K]``, ``stream-latency[-N@RATE]`` and
     ``handshake-ledger[-K]`` into a
     Scenario; sizes not in the name take the defaults of the brief."""
@@ -135,6 +160,16 @@ def parse_scenario(
             rate=float(m[2] or 200),
             duration=duration,
         )
+    if m := re.fullmatch(r"fanout-slow-(\d+)", name):
+        # Two million deliveries: with 1000 clients 1.4 MiB each, well beyond
+        # what the kernel holds for a slow client, so the server must queue.
+        clients = int(m[1])
+        default = min(5000, max(500, 2_000_000 // max(clients, 1)))
+        return Scenario(name, "fanout-slow", clients=clients, lines=lines or default)
+    if m := re.fullmatch(r"paced-(\d+)@(\d+(?:\.\d+)?)", name):
+        return Scenario(
+            name, "paced", clients=int(m[1]), rate=float(m[2]), duration=duration
+        )
     if m := re.fullmatch(r"fanout-(\d+)", name):
         clients = int(m[1])
         # About a million deliveries (half a million for few clients).
@@ -151,8 +186,14 @@ def parse_scenario(
         return Scenario(name, "ledger", count=int(m[1] or 5000), concurrency=50)
     if m := re.fullmatch(r"handshake(?:-(\d+))?", name):
         return Scenario(name, "handshake", count=int(m[1] or 2000), concurrency=50)
-    if m := re.fullmatch(r"memory(?:-(\d+))?", name):
-        return Scenario(name, "memory", count=int(m[1] or 5000), concurrency=100)
+    if m := re.fullmatch(r"memory(-malloc)?(?:-(\d+))?", name):
+        return Scenario(
+            name,
+            "memory",
+            count=int(m[2] or 5000),
+            concurrency=100,
+            shipped=bool(m[1]),
+        )
     raise SystemExit(f"unknown scenario {name!r}")
 
 
@@ -211,9 +252,14 @@ class Run:
         self, extra: tuple[str, ...] = (), listen_options: str = ""
     ) -> ServerProcess:
         """The server; ``extra`` arguments and ``listen_options`` (such as
-        ``:backlog=1024``) are for nanostream only."""
+        ``:backlog=1024``) are for nanostream only. A shipped scenario runs it
+        without the bench's options and with the systemd unit's environment."""
         env = {**os.environ, **self.spec.env}
         argv = self.spec.command(self.port, self.ctx.secret_file)
+        if self.scenario.shipped:
+            env.update(SHIPPED_ENV)
+        else:
+            argv += self.spec.bench_options
         if listen_options:
             at = argv.index("--listen") + 1
             argv[at] += listen_options
@@ -256,8 +302,10 @@ def bottleneck(
     server_core: float | None = None,
     loadgen_core: float | None = None,
     frames_per_read: float | None = None,
+    paced_reads: bool = False,
 ) -> str:
-    """Which side ran out of CPU: ``server``, ``loadgen``, ``both`` or ``neither``.
+    """Which side ran out of CPU: ``server``, ``loadgen``, ``both`` or ``neither``
+    (``clients`` when neither did and the clients read at a pace of their own).
 
     A client that keeps up reads each frame as soon as it lands and so may
     spin at full speed while the server sets the pace; one that falls
@@ -275,6 +323,13 @@ def bottleneck(
         return "server"
     if loadgen_busy:
         return "loadgen"
+    if paced_reads:
+        # The kernel's sending for the server runs on its core too: a full
+        # core that the server kept busy means the clients were not the
+        # slower side (a full core with the server nearly idle is someone
+        # else's load).
+        full = (server_core or 0.0) >= 0.95 and server_share >= 0.3
+        return "server" if full else "clients"
     return "neither"
 
 
@@ -297,6 +352,7 @@ def usage(
     wall: float,
     loadgen_cpu: float,
     frames_per_read: float | None = None,
+    paced_reads: bool = False,
 ) -> dict[str, Any]:
     """CPU figures of a measurement window, and the bottleneck they imply."""
     cpu = after.server_cpu - before.server_cpu
@@ -321,6 +377,7 @@ def usage(
         figures["server_core_busy"],
         figures["loadgen_core_busy"],
         frames_per_read,
+        paced_reads,
     )
     return figures
 
@@ -348,23 +405,28 @@ class Writer(threading.Thread):
 
 
 def run_stream(run: Run, v1: bool = False) -> dict[str, Any]:
-    """fanout and latency: lines in on stdin, deliveries counted by clients;
-    with ``v1`` the clients speak nanostream.v1 and check the ids too."""
+    """fanout, fanout-slow, paced and latency: lines in on stdin, deliveries
+    counted by clients; with ``v1`` the clients speak nanostream.v1 and check
+    the ids too."""
     sc = run.scenario
-    paced = sc.kind == "latency"
+    paced = sc.kind in ("latency", "paced")
     lines = int(sc.rate * sc.duration) if paced else sc.lines
     args: list[object] = ["--clients", sc.clients, "--expect", lines]
     args += ["--concurrency", 100]
     if v1:
         args.append("--v1")
-    if paced:
+    if sc.kind == "latency":
+        # Each line is stamped as it is written: no exact bytes to expect.
         args.append("--latency")
+        lines_file = None
     else:
         # Lines known ahead let clients check exact bytes (see rawclient.py).
         lines_file = run.ctx.workdir / f"lines-{lines}.txt"
         if not lines_file.exists():
             feed.write_lines_file(str(lines_file), lines)
         args += ["--expect-file", lines_file]
+    if sc.kind == "fanout-slow":
+        args += ["--rcvbuf", SLOW_RCVBUF, "--read-tick-ms", SLOW_TICK_MS]
     with run.server() as server:
         server.wait_ready()
         with run.loadgen("stream", *args) as lg:
@@ -374,8 +436,15 @@ def run_stream(run: Run, v1: bool = False) -> dict[str, Any]:
                     f"only {ready['connected']} clients connected: {ready}"
                 )
             before, t0 = Snapshot.take(server), time.monotonic_ns()
-            if paced:
+            if lines_file is None:
                 writer = Writer(server.stdin, feed.write_paced, lines, sc.rate)
+            elif paced:
+                writer = Writer(
+                    server.stdin,
+                    feed.write_paced_data,
+                    lines_file.read_bytes(),
+                    sc.rate,
+                )
             else:
                 writer = Writer(
                     server.stdin, feed.write_chunks, lines_file.read_bytes()
@@ -406,16 +475,31 @@ def run_stream(run: Run, v1: bool = False) -> dict[str, Any]:
     reads = res.get("reads") or 0
     frames_per_read = round(res["delivered"] / reads, 2) if reads else None
     metrics["loadgen_frames_per_read"] = frames_per_read
-    metrics.update(usage(run.ctx, before, after, wall, res["cpu_s"], frames_per_read))
-    if paced:
+    metrics.update(
+        usage(
+            run.ctx,
+            before,
+            after,
+            wall,
+            res["cpu_s"],
+            frames_per_read,
+            paced_reads=sc.kind == "fanout-slow",
+        )
+    )
+    cpu = metrics["server_cpu_s"]
+    if sc.kind == "latency":
         lat = res.get("latency_ms", {})
         metrics.update(
             latency_p50_ms=lat.get("p50"),
             latency_p99_ms=lat.get("p99"),
             latency_max_ms=lat.get("max"),
         )
+    elif paced:
+        delivered = res["delivered"]
+        metrics["server_us_per_delivery"] = (
+            round(cpu / delivered * 1e6, 3) if delivered else None
+        )
     else:
-        cpu = metrics["server_cpu_s"]
         metrics.update(
             deliveries_per_s=round(res["delivered"] / wall),
             deliveries_per_cpu_s=round(res["delivered"] / cpu) if cpu > 0 else None,
@@ -512,6 +596,8 @@ def run_memory(run: Run) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "fanout": run_stream,
+    "fanout-slow": run_stream,
+    "paced": run_stream,
     "latency": run_stream,
     "handshake": run_handshake,
     "memory": run_memory,

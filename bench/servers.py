@@ -3,7 +3,9 @@
 Every server gets the same command-line contract from the runner (a port on
 127.0.0.1 and a secret file) and the same stdin. Heartbeats are off where a
 server has them, and nanostream's slow-consumer limit is raised, because
-the peers have neither: every server then does the same work.
+the peers have neither: every server then does the same work. Those
+options are a spec's ``bench_options``; the scenarios that measure a server
+as it ships (``memory-malloc``) leave them out and set ``SHIPPED_ENV``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ PEERS = BENCH / "peers"
 # Large enough that no client is ever dropped as a slow consumer in a run.
 NANOSTREAM_BUFFER_BYTES = 256 * 2**20
 
+#: The environment contrib/systemd/nanostream.service gives the service.
+SHIPPED_ENV = {"PYTHONMALLOC": "malloc"}
+
 
 @dataclass
 class ServerSpec:
@@ -31,6 +36,8 @@ class ServerSpec:
     command: Callable[[int, Path], list[str]]
     problem: str | None = None  # why it cannot run here, if it cannot
     env: dict[str, str] = field(default_factory=dict)
+    # Added after ``command`` in every run but those of the shipped configuration.
+    bench_options: list[str] = field(default_factory=list)
 
 
 def peer_python() -> str:
@@ -93,10 +100,11 @@ def nanostream(twistd: str | None) -> ServerSpec:
             str(secret),
             "--listen",
             f"tcp:{port}:interface=127.0.0.1",
-            *extra,
         ]
 
-    return ServerSpec("nanostream", command, env={"PYTHONUNBUFFERED": "1"})
+    return ServerSpec(
+        "nanostream", command, env={"PYTHONUNBUFFERED": "1"}, bench_options=extra
+    )
 
 
 def node() -> ServerSpec:
@@ -122,8 +130,10 @@ def node() -> ServerSpec:
     return ServerSpec("node", command, problem=problem)
 
 
-def python_peer(name: str, script: str, modules: str) -> ServerSpec:
-    """A Python peer run by bench/.venv's Python."""
+def python_peer(
+    name: str, script: str, modules: str, options: tuple[str, ...] = ()
+) -> ServerSpec:
+    """A Python peer run by bench/.venv's Python, with its own ``options``."""
     python = peer_python()
     problem = _imports(python, modules)
 
@@ -135,12 +145,13 @@ def python_peer(name: str, script: str, modules: str) -> ServerSpec:
             str(port),
             "--secret-file",
             str(secret),
+            *options,
         ]
 
     return ServerSpec(name, command, problem=problem, env={"PYTHONUNBUFFERED": "1"})
 
 
-ALL = ("nanostream", "node", "websockets", "picows")
+ALL = ("nanostream", "node", "websockets", "picows", "picows-batched")
 
 
 def build(names: list[str], twistd: str | None) -> list[ServerSpec]:
@@ -153,6 +164,9 @@ def build(names: list[str], twistd: str | None) -> list[ServerSpec]:
         ),
         "picows": lambda: python_peer(
             "picows", "picows_server.py", "picows, uvloop, jwt"
+        ),
+        "picows-batched": lambda: python_peer(
+            "picows-batched", "picows_server.py", "picows, uvloop, jwt", ("--batched",)
         ),
     }
     unknown = [n for n in names if n not in makers]

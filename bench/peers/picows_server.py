@@ -2,17 +2,23 @@
 
 It answers the question "how fast can Python go on this machine?" with the
 same contract as nanostream (see common.py). picows leaves broadcasting to
-the application, so each line is sent to each client with
-``WSTransport.send``, which frames and writes in C.
+the application, which can do it two ways:
+
+* per line (the default): each line is sent to each client with
+  ``WSTransport.send``, which frames and writes in C;
+* ``--batched``: the coalescing nanostream does. The lines one read of the
+  source brought are framed once into one buffer (one frame per line) and
+  that buffer is written once per client, to the connection's transport.
+  Nothing waits to gather a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+from http import HTTPStatus
 
 import uvloop
-from common import LineSplitter, TokenGate, as_text, parse_args, read_secret, ready
+from common import PipeLines, TokenGate, frames, is_text, parse_args, read_secret, ready
 from picows import (
     WSCloseCode,
     WSFrame,
@@ -25,19 +31,33 @@ from picows import (
     ws_create_server,
 )
 
-_UNAUTHORIZED = WSUpgradeResponse.create_error_response(401, b"unauthorized\n")
+
+def unauthorized() -> WSUpgradeResponseWithListener:
+    """A fresh 401 each time: picows adds its headers to the response object
+    it sends, so a shared one would grow a Content-Length per rejection."""
+    response = WSUpgradeResponse.create_error_response(
+        HTTPStatus.UNAUTHORIZED, b"unauthorized\n"
+    )
+    return WSUpgradeResponseWithListener(response, None)
 
 
 class Hub:
     """The set of open client transports, and the broadcast to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, batched: bool) -> None:
         self.clients: set[WSTransport] = set()
+        self.broadcast = self._batch if batched else self._per_line
 
-    def broadcast(self, line: bytes) -> None:
-        kind = WSMsgType.BINARY if as_text(line) is None else WSMsgType.TEXT
+    def _per_line(self, lines: list[bytes]) -> None:
+        for line in lines:
+            kind = WSMsgType.TEXT if is_text(line) else WSMsgType.BINARY
+            for transport in self.clients:
+                transport.send(kind, line)
+
+    def _batch(self, lines: list[bytes]) -> None:
+        data = frames(lines)
         for transport in self.clients:
-            transport.send(kind, line)
+            transport.underlying_transport.write(data)
 
     def close_all(self) -> None:
         for transport in list(self.clients):
@@ -63,43 +83,21 @@ class Client(WSListener):
         self._hub.clients.discard(transport)
 
 
-class StdinReader(asyncio.Protocol):
-    """Broadcast every line read from stdin; resolve ``done`` at EOF."""
-
-    def __init__(self, hub: Hub, done: asyncio.Future[None]) -> None:
-        self._hub = hub
-        self._done = done
-        self._lines = LineSplitter()
-
-    def data_received(self, data: bytes) -> None:
-        for line in self._lines.feed(data):
-            self._hub.broadcast(line)
-
-    def eof_received(self) -> bool:
-        for line in self._lines.finish():
-            self._hub.broadcast(line)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-
-
 async def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], batched=True)
     gate = TokenGate(read_secret(args.secret_file))
-    hub = Hub()
+    hub = Hub(args.batched)
 
     def accept(request: WSUpgradeRequest) -> Client | WSUpgradeResponseWithListener:
         if gate.admit_target(request.path.decode("latin-1")):
             return Client(hub)
-        return WSUpgradeResponseWithListener(_UNAUTHORIZED, None)
+        return unauthorized()
 
     server = await ws_create_server(accept, args.host, args.port)
     ready(args.host, args.port)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    await loop.connect_read_pipe(lambda: StdinReader(hub, done), sys.stdin.buffer)
+    PipeLines(loop, hub.broadcast, done)
     await done
     server.close()
     hub.close_all()

@@ -9,10 +9,9 @@ Heartbeats and compression are off, as in the other servers under test.
 from __future__ import annotations
 
 import asyncio
-import sys
 from http import HTTPStatus
 
-from common import LineSplitter, TokenGate, as_text, parse_args, read_secret, ready
+from common import PipeLines, TokenGate, is_text, parse_args, read_secret, ready
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
@@ -36,8 +35,9 @@ async def main() -> None:
         finally:
             clients.discard(connection)
 
-    def send(line: bytes) -> None:
-        broadcast(clients, line, text=as_text(line) is not None)
+    def send(lines: list[bytes]) -> None:
+        for line in lines:
+            broadcast(clients, line, text=is_text(line))
 
     server = await serve(
         listen,
@@ -50,16 +50,9 @@ async def main() -> None:
     )
     ready(args.host, args.port)
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**24)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
-    )
-    lines = LineSplitter()
-    while chunk := await reader.read(2**16):
-        for line in lines.feed(chunk):
-            send(line)
-    for line in lines.finish():
-        send(line)
+    done: asyncio.Future[None] = loop.create_future()
+    PipeLines(loop, send, done)
+    await done
     server.close(close_connections=True)
     await asyncio.wait_for(server.wait_closed(), 5)
 
