@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanostream.broadcast import Broadcaster
 from nanostream.resume.history import History
 from nanostream.resume.ids import format_key, parse_id
-from nanostream.resume.replay import CHUNK_BYTES, TURN_BYTES
+from nanostream.resume.replay import CHUNK_BYTES
+from nanostream.resume.turns import TURN_BYTES
 
 START = 1_700_000_000.0
 START_MS = b"1700000000000"
@@ -428,3 +429,76 @@ class ArchiveTests(Fixture):
             [*(b"%d-0 s%d-0" % (n, n) for n in range(11, 16)), b"!live"],
         )
         self.assertEqual(format_key(parse_id(archive.asked[0])), b"10-0")
+
+    def test_lagging_node_waits_for_the_resume_position(self) -> None:
+        """A client resuming at an id this node has not read yet (another node
+        is ahead) goes live only once this node has read past it: the lines
+        up to its position are not sent again."""
+        archive = FakeArchive(20, last_read=10)
+        self.broadcaster.archive = archive
+        for n in range(1, 11):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = self.client(since=b"15-0")
+        self.settle()
+        self.assertEqual(client.messages(), [])
+        for first in (11, 14, 17):
+            batch = range(first, first + 3)
+            archive.last_read = b"%d-0" % batch[-1]
+            self.broadcaster.broadcast(
+                [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+            )
+            self.settle()
+        archive.last_read = b"20-0"
+        self.broadcaster.broadcast([b"s20-0"], [b"20-0"])
+        self.settle()
+        self.assertEqual(
+            client.messages(),
+            [
+                b"16-0 s16-0",
+                b"!live",
+                *(b"%d-0 s%d-0" % (n, n) for n in range(17, 21)),
+            ],
+        )
+        self.assertEqual(self.broadcaster.resumes_exact, 1)
+
+    def test_lagging_node_drops_a_waiting_client_it_falls_behind(self) -> None:
+        """While a waiting client's position is read in one batch larger than
+        the history, the lines after it that the history evicted are not
+        skipped: the client is dropped and may resume again."""
+        archive = FakeArchive(300, last_read=10)
+        self.broadcaster.archive = archive
+        self.history.max_lines = 50
+        for n in range(1, 11):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = self.client(since=b"15-0")
+        self.settle()
+        archive.last_read = b"300-0"
+        batch = range(11, 301)
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+        )
+        self.settle()
+        self.assertEqual(client.messages(), [])
+        self.assertEqual(len(client.dropped), 1)
+
+    def test_lagging_node_without_history_serves_the_rest_from_the_stream(
+        self,
+    ) -> None:
+        """With no history, the lines read in the batch that passed a waiting
+        client's position come from the stream before ``!live``."""
+        archive = FakeArchive(20, last_read=10)
+        self.broadcaster.archive = archive
+        self.history.max_lines = 0
+        client = self.client(since=b"15-0")
+        self.settle()
+        archive.last_read = b"18-0"
+        batch = range(11, 19)
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+        )
+        self.settle()
+        self.broadcaster.broadcast([b"s19-0"], [b"19-0"])
+        self.assertEqual(
+            client.messages(),
+            [*(b"%d-0 s%d-0" % (n, n) for n in range(16, 19)), b"!live", b"19-0 s19-0"],
+        )

@@ -3,11 +3,10 @@
 A replay writes from the node's history (or, for older lines, from the
 source's :class:`Archive`, a Redis stream) one chunk at a time, and writes
 the next chunk only once the client has drained the last: it never runs more
-than a chunk ahead of the client.  Replays take turns (:class:`Turns`): each
-gets at most one chunk per reactor turn and all of them together at most
-:data:`TURN_BYTES`, so a storm of resumes never holds up the live feed for
-long.  Lines read meanwhile are held in the history behind the replay's
-position.
+than a chunk ahead of the client.  Replays take turns
+(:class:`~nanostream.resume.turns.Turns`), so a storm of resumes never holds
+up the live feed for long.  Lines read meanwhile are held in the history
+behind the replay's position.
 
 History chunks start at multiples of :data:`ALIGN` positions, so clients
 resuming from nearby ids ask for the same chunks, and each is framed once
@@ -18,21 +17,25 @@ moves the client into the live set in the same reactor turn, so nothing is
 lost or repeated at the seam.  A client that falls so far behind that the
 history evicts lines it has not been sent is dropped as a slow consumer:
 it may resume again and will be told of the gap.
+
+A node may lag behind the stream (another node is ahead): a client may
+resume at an id the stream holds but this node has not read yet.  Such a
+replay waits, without ``!live``, until the node has read past that id, and
+skips the lines up to it as they are read, so the client gets none twice.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.broadcast import frame_with_ids, notice
 from nanostream.resume.ids import format_key, parse_id
+from nanostream.resume.turns import FramedChunks, Turns
 
 if TYPE_CHECKING:
     from nanostream.broadcast import Broadcaster
@@ -48,12 +51,6 @@ ARCHIVE_COUNT = 256
 
 #: History chunks after a replay's first start at multiples of this.
 ALIGN = 64
-
-#: Bytes all replays together may write in one reactor turn.
-TURN_BYTES = 1024 * 1024
-
-#: Framed chunks kept for replays that follow, in bytes.
-FRAMED_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 class ArchiveSlice(Protocol):
@@ -75,68 +72,6 @@ class Archive(Protocol):
     def read_after(self, since: bytes, count: int) -> Deferred[Any]:
         """Fire with an :class:`ArchiveSlice`: whether ``since`` is held, the
         oldest held id, and up to ``count`` entries after ``since``."""
-
-
-class Turns:
-    """Runs ready replays' next steps, in order, within a budget per turn.
-
-    A step returns the bytes it wrote; once a turn's steps have written
-    :data:`TURN_BYTES`, the rest wait for the next turn.
-    """
-
-    def __init__(self, clock: IReactorTime, budget: int = TURN_BYTES) -> None:
-        self._clock = clock
-        self._budget = budget
-        self._ready: deque[Callable[[], int]] = deque()
-        self._scheduled = False
-
-    def soon(self, step: Callable[[], int]) -> None:
-        self._ready.append(step)
-        if not self._scheduled:
-            self._scheduled = True
-            self._clock.callLater(0, self._run)
-
-    def _run(self) -> None:
-        self._scheduled = False
-        ready = self._ready
-        spent = 0
-        # Only the steps ready when the turn began: those they schedule wait.
-        for _ in range(len(ready)):
-            if spent >= self._budget:
-                break
-            spent += ready.popleft()()
-        if ready and not self._scheduled:
-            self._scheduled = True
-            self._clock.callLater(0, self._run)
-
-
-class FramedChunks:
-    """The framed bytes of aligned history chunks, shared by every replay.
-
-    Bounded by :data:`FRAMED_CHUNK_BYTES`, oldest chunk out first; a chunk
-    whose lines the history evicted is never asked for again and ages out.
-    """
-
-    def __init__(self, max_bytes: int = FRAMED_CHUNK_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._chunks: dict[int, tuple[int, bytes]] = {}
-        self._bytes = 0
-
-    def get(self, start: int, stop: int) -> bytes | None:
-        held = self._chunks.get(start)
-        if held is not None and held[0] == stop:
-            return held[1]
-        return None
-
-    def put(self, start: int, stop: int, data: bytes) -> None:
-        old = self._chunks.pop(start, None)
-        if old is not None:
-            self._bytes -= len(old[1])
-        self._chunks[start] = (stop, data)
-        self._bytes += len(data)
-        while self._bytes > self._max_bytes:
-            oldest = next(iter(self._chunks))
-            self._bytes -= len(self._chunks.pop(oldest)[1])
 
 
 class Replay:
@@ -165,6 +100,8 @@ class Replay:
         self._archive_done = False
         self._fetching = False
         self._gap_told: int | None = None
+        #: The client is ahead of what this node has read (see above).
+        self._ahead = False
 
     def start(self) -> None:
         history = self._history
@@ -208,6 +145,7 @@ class Replay:
         if first:
             if slice.held:
                 self._broadcaster.resumes_exact += 1
+                self._ahead = not self._source_reached()
             else:
                 held = [
                     k
@@ -235,6 +173,12 @@ class Replay:
             taken += 1
         if len(slice.entries) < ARCHIVE_COUNT or not taken:
             self._archive_done = True
+        if self._archive_done:
+            # The history takes over after the last entry to be sent, from
+            # where it is now: should it evict lines before the pending
+            # entries are written, the client falls behind, never skips.
+            last = self._pending[-1][0] if self._pending else self._last_sent
+            self._position = history.after(last)
         self._step()
 
     def _unavailable(self, failure: Failure) -> None:
@@ -313,8 +257,15 @@ class Replay:
             )
             self._broadcaster.drop(self._sink)
             return -1
+        if self._ahead:
+            position = self._skip_read(position)
+            if position < 0:
+                return -1
         gaps = history.gaps
         if position >= history.end:
+            if self._ahead:
+                self._broadcaster.wake_on_lines(self._sink, self._drained)
+                return -1
             self._sink.send(notice(b"!live"))
             # A gap marked where no line has come yet is still to be told.
             self._broadcaster.went_live(self._sink, position in gaps)
@@ -341,6 +292,35 @@ class Replay:
         if position % ALIGN == 0 and self._position == stop:
             self._framed.put(position, stop, data)
         return self._write(keys, data, len(keys))
+
+    def _source_reached(self) -> bool:
+        """Whether this node has read up to the client's position."""
+        archive = self._broadcaster.archive
+        read = None if archive is None else archive.last_read
+        return read is None or parse_id(read) >= self._last_sent
+
+    def _skip_read(self, position: int) -> int:
+        """Past the lines the client already has, up to its position; -1
+        when the source read past it but the history holds none of that."""
+        history = self._history
+        end = history.end
+        while position < end and history.key_at(position) <= self._last_sent:
+            position += 1
+        self._position = position
+        if position < end:
+            self._ahead = False
+        elif self._source_reached():
+            self._ahead = False
+            archive = self._broadcaster.archive
+            assert archive is not None and archive.last_read is not None
+            if parse_id(archive.last_read) > self._last_sent:
+                # Read in one batch with lines the client had and not held
+                # (no history): the stream still has them.
+                self._position = None
+                self._archive_done = False
+                self._turns.soon(self._step)
+                return -1
+        return position
 
     def _write(self, keys: list[int], data: bytes, count: int) -> int:
         self._last_sent = keys[-1]
