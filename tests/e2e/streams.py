@@ -22,7 +22,6 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisClient, RedisServer, private_redis
 from twisted.trial.unittest import SynchronousTestCase
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
 from .harness import (
@@ -271,13 +270,5 @@ class StreamTestCase(ServiceTestCase):
         return Reader(node.connect_v1(token, since=since, max_queue=None))
 
 
-def closed_with(client: ClientConnection) -> int | None:
-    """Read on until the server closes; its close code."""
-    try:
-        while True:
-            client.recv(timeout=FEED_TIMEOUT)
-    except ConnectionClosed as e:
-        return None if e.rcvd is None else e.rcvd.code
-
-
+#: A source gap notice: ``!gap <last> <next>``.
 GAP = re.compile(r"^!gap (\d+-\d+) (\d+-\d+)$")
