@@ -430,6 +430,29 @@ class ArchiveTests(Fixture):
         )
         self.assertEqual(format_key(parse_id(archive.asked[0])), b"10-0")
 
+    def test_history_evicting_behind_archive_entries_drops(self) -> None:
+        """Lines the history evicts while archive entries wait for the client
+        to drain are not skipped where the history takes over: the client is
+        dropped and may resume again."""
+        archive = FakeArchive(300, last_read=300)
+        self.broadcaster.archive = archive
+        for n in range(1, 301):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = Client()
+        client.sink.pauseProducing()
+        self.broadcaster.resume(client.sink, b"3-0")
+        self.settle()
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in range(301, 361)],
+            [b"%d-0" % n for n in range(301, 361)],
+        )
+        client.sink.resumeProducing()
+        self.settle()
+        self.assertEqual(len(client.dropped), 1)
+        messages = client.messages()
+        self.assertEqual(messages[-1], b"200-0 s200-0")
+        self.assertNotIn(b"!live", messages)
+
     def test_lagging_node_waits_for_the_resume_position(self) -> None:
         """A client resuming at an id this node has not read yet (another node
         is ahead) goes live only once this node has read past it: the lines
@@ -501,4 +524,55 @@ class ArchiveTests(Fixture):
         self.assertEqual(
             client.messages(),
             [*(b"%d-0 s%d-0" % (n, n) for n in range(16, 19)), b"!live", b"19-0 s19-0"],
+        )
+
+
+class LateArchive(FakeArchive):
+    """Answers each read as the stream was when asked, once told to."""
+
+    def __init__(self, count: int, last_read: int | None = None) -> None:
+        super().__init__(count, last_read)
+        self.answers: list[tuple[Deferred[Slice], Slice]] = []
+
+    def read_after(self, since: bytes, count: int) -> Deferred[Slice]:
+        answer = self.successResultOf(super().read_after(since, count))
+        d: Deferred[Slice] = Deferred()
+        self.answers.append((d, answer))
+        return d
+
+    def successResultOf(self, d: Deferred[Slice]) -> Slice:
+        found: list[Slice] = []
+        d.addCallback(found.append)
+        return found[0]
+
+    def answer(self) -> None:
+        d, answer = self.answers.pop(0)
+        d.callback(answer)
+
+
+class ArchiveRaceTests(Fixture):
+    def test_lines_read_while_the_archive_answers(self) -> None:
+        """Without a history, lines the source reads while an archive read
+        is under way, past the end that read saw, are fetched again, not
+        lost at the seam."""
+        archive = LateArchive(12, last_read=10)
+        self.broadcaster.archive = archive
+        self.history.max_lines = 0
+        client = self.client(since=b"5-0")
+        # The stream grows and the source reads on before the answer comes.
+        archive.ids += [b"%d-0" % n for n in range(13, 16)]
+        archive.last_read = b"15-0"
+        batch = range(11, 16)
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+        )
+        archive.answer()
+        self.settle()
+        self.assertEqual(len(archive.answers), 1, "asked again")
+        archive.answer()
+        self.settle()
+        self.broadcaster.broadcast([b"s16-0"], [b"16-0"])
+        self.assertEqual(
+            client.messages(),
+            [*(b"%d-0 s%d-0" % (n, n) for n in range(6, 16)), b"!live", b"16-0 s16-0"],
         )

@@ -99,6 +99,8 @@ class Replay:
         self._last_sent = parse_id(since)
         self._archive_done = False
         self._fetching = False
+        #: What the source had read when the last fetch was asked.
+        self._read_before: bytes | None = None
         self._gap_told: int | None = None
         #: The client is ahead of what this node has read (see above).
         self._ahead = False
@@ -134,6 +136,7 @@ class Replay:
         archive = self._broadcaster.archive
         assert archive is not None
         self._fetching = True
+        self._read_before = archive.last_read
         d = archive.read_after(format_key(self._last_sent), ARCHIVE_COUNT)
         d.addCallbacks(self._fetched, self._unavailable, callbackArgs=(first,))
 
@@ -163,16 +166,17 @@ class Replay:
             archive = self._broadcaster.archive
             read = None if archive is None else archive.last_read
             cap = parse_id(read) + 1 if read is not None else 0
-        taken = 0
         for entry_id, line in slice.entries:
             k = parse_id(entry_id)
             if k >= cap:
                 self._archive_done = True
                 break
             self._pending.append((k, line))
-            taken += 1
-        if len(slice.entries) < ARCHIVE_COUNT or not taken:
-            self._archive_done = True
+        if not self._archive_done and len(slice.entries) < ARCHIVE_COUNT:
+            # The slice reached the stream's end when it was read; lines the
+            # source read after the fetch was asked may lie past that end
+            # and, with a short history, be held nowhere: ask again then.
+            self._archive_done = self._history_covers()
         if self._archive_done:
             # The history takes over after the last entry to be sent, from
             # where it is now: should it evict lines before the pending
@@ -292,6 +296,16 @@ class Replay:
         if position % ALIGN == 0 and self._position == stop:
             self._framed.put(position, stop, data)
         return self._write(keys, data, len(keys))
+
+    def _history_covers(self) -> bool:
+        """Whether every line the source read after the last fetch was
+        asked is in the history (or it read none)."""
+        archive = self._broadcaster.archive
+        before = self._read_before
+        if archive is None or archive.last_read == before:
+            return True
+        oldest = self._history.oldest()
+        return before is not None and oldest is not None and oldest <= parse_id(before)
 
     def _source_reached(self) -> bool:
         """Whether this node has read up to the client's position."""
