@@ -14,9 +14,9 @@ resuming from nearby ids ask for the same chunks, and each is framed once
 
 When the position reaches the newest line, the replay writes ``!live`` and
 moves the client into the live set in the same reactor turn, so nothing is
-lost or repeated at the seam.  A client that falls so far behind that the
-history evicts lines it has not been sent is dropped as a slow consumer:
-it may resume again and will be told of the gap.
+lost or repeated at the seam.  Should the history evict lines the client has
+not been sent, the replay reads on from the archive; without one, the
+client is dropped as a slow consumer: it may resume and is told of the gap.
 
 A node may lag behind the stream (another node is ahead): a client may
 resume at an id the stream holds but this node has not read yet.  Such a
@@ -253,6 +253,8 @@ class Replay:
         position = self._position
         assert position is not None
         if position < history.first:
+            if self._broadcaster.archive is not None:
+                return self._from_archive()
             _log.warn(
                 "dropping a resuming client: it fell behind the history "
                 "({lines} lines, {size} bytes)",
@@ -297,6 +299,13 @@ class Replay:
             self._framed.put(position, stop, data)
         return self._write(keys, data, len(keys))
 
+    def _from_archive(self) -> int:
+        """Read on from the stream, which holds what the history let go."""
+        self._position = None
+        self._archive_done = False
+        self._turns.soon(self._step)
+        return -1
+
     def _history_covers(self) -> bool:
         """Whether every line the source read after the last fetch was
         asked is in the history (or it read none)."""
@@ -330,10 +339,7 @@ class Replay:
             if parse_id(archive.last_read) > self._last_sent:
                 # Read in one batch with lines the client had and not held
                 # (no history): the stream still has them.
-                self._position = None
-                self._archive_done = False
-                self._turns.soon(self._step)
-                return -1
+                return self._from_archive()
         return position
 
     def _write(self, keys: list[int], data: bytes, count: int) -> int:

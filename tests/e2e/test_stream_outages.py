@@ -59,14 +59,11 @@ class OutageTests(StreamTestCase):
                 wait_until(
                     lambda at=at: redis.call("XLEN", self.key) >= at, f"{at} lines"
                 )
-                mark = node.log.mark()
                 killed = redis.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+                # A connection killed while idle in redis-py's pool is
+                # replaced at its next use, so the node logs no loss for it.
                 self.assertGreaterEqual(
                     killed, 2, "the node's reader and the publisher"
-                )
-                node.log.wait_for("Redis source lost its connection", after=mark)
-                node.log.wait_for(
-                    "Redis source recovered", after=mark, timeout=FEED_TIMEOUT
                 )
         self.delivered(server, publisher, v1, raw)
 
