@@ -455,6 +455,26 @@ class ArchiveTests(Fixture):
             [*(b"%d-0 s%d-0" % (n, n) for n in range(4, 361)), b"!live"],
         )
 
+    def test_stream_trimmed_past_the_replay_drops(self) -> None:
+        """If the stream lets go of the last line a replay sent from it before
+        the next read, what followed may be gone too: the client is dropped
+        (it may resume and is told of the gap), never silently short."""
+        archive = FakeArchive(600, last_read=600)
+        self.broadcaster.archive = archive
+        for n in range(1, 601):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = Client()
+        client.sink.pauseProducing()
+        self.broadcaster.resume(client.sink, b"3-0")
+        self.settle()
+        archive.ids = archive.ids[300:]
+        client.sink.resumeProducing()
+        self.settle()
+        self.assertEqual(len(client.dropped), 1)
+        messages = client.messages()
+        self.assertEqual(messages[-1], b"259-0 s259-0")
+        self.assertNotIn(b"!live", messages)
+
     def test_lagging_node_waits_for_the_resume_position(self) -> None:
         """A client resuming at an id this node has not read yet (another node
         is ahead) goes live only once this node has read past it: the lines

@@ -150,15 +150,15 @@ class Replay:
                 self._broadcaster.resumes_exact += 1
                 self._ahead = not self._source_reached()
             else:
-                held = [
-                    k
-                    for k in (
-                        None if slice.oldest is None else parse_id(slice.oldest),
-                        history.oldest(),
-                    )
-                    if k is not None
-                ]
+                oldest = None if slice.oldest is None else parse_id(slice.oldest)
+                held = [k for k in (oldest, history.oldest()) if k is not None]
                 self._gap(min(held) if held else None)
+        elif not slice.held and self._last_sent != parse_id(self._since):
+            # The stream let go of the last line sent: what followed it may
+            # be gone too, and the client must not miss it silently.
+            _log.warn("dropping a resuming client: it fell behind the stream")
+            self._broadcaster.drop(self._sink)
+            return
         # Archive entries stop where the history takes over, or where the
         # source has read up to: anything later comes live.
         cap = history.oldest()
