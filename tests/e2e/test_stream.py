@@ -40,8 +40,8 @@ class TwoNodeTests(StreamTestCase):
         reader_a.until(1500)
         reader_a.client.close_socket()
         with RedisClient(server.target) as redis:
-            since = reader_a.lines[-1][1]
-            wait_until(lambda: redis.call("XLEN", self.key) > since + 500, "more")
+            last = reader_a.last_number
+            wait_until(lambda: redis.call("XLEN", self.key) > last + 500, "more")
         # The nodes share the secret and the ledger: A's token is used up.
         refusal = other.refuse(token, subprotocols=[V1])
         self.assertEqual(refusal.status, 401)
@@ -110,8 +110,8 @@ class RestartTests(StreamTestCase):
         # twistd exits 0, or re-raises SIGTERM after an orderly shutdown.
         self.assertIn(node.stop(), (0, -signal.SIGTERM))
         with RedisClient(server.target) as redis:
-            since = reader.lines[-1][1]
-            wait_until(lambda: redis.call("XLEN", self.key) > since + 500, "more")
+            last = reader.last_number
+            wait_until(lambda: redis.call("XLEN", self.key) > last + 500, "more")
         again = self.node(self.source(server), name="after")
         resumed = self.reader(again, since=reader.last_id)
         resumed.until(count)
