@@ -18,7 +18,7 @@ or grows our memory beyond the bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from autobahn.websocket.protocol import PreparedMessage
@@ -30,7 +30,8 @@ from nanostream.resume.ids import format_key, key, parse_id
 from nanostream.sinks import ClientSink
 
 if TYPE_CHECKING:
-    from nanostream.resume.replay import Archive, FramedChunks, Replay, Turns
+    from nanostream.resume.replay import Archive, Replay
+    from nanostream.resume.turns import FramedChunks, Turns
 
 DEFAULT_MAX_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -109,6 +110,8 @@ class Broadcaster:
         self._raw: set[ClientSink] = set()
         self._v1: set[ClientSink] = set()
         self._replays: dict[ClientSink, Replay] = {}
+        # Replays waiting for the source to read further, by client.
+        self._waiting: dict[ClientSink, Callable[[], None]] = {}
         self._turns: Turns | None = None
         self._framed: FramedChunks
         self._seconds = clock.seconds
@@ -141,7 +144,8 @@ class Broadcaster:
 
     def resume(self, sink: ClientSink, since: bytes) -> None:
         """Replay what ``sink``'s client missed after ``since``, then go live."""
-        from nanostream.resume.replay import FramedChunks, Replay, Turns
+        from nanostream.resume.replay import Replay
+        from nanostream.resume.turns import FramedChunks, Turns
 
         if self._turns is None:
             self._turns = Turns(self.clock)
@@ -153,9 +157,14 @@ class Broadcaster:
     def remove(self, sink: ClientSink) -> None:
         self._raw.discard(sink)
         self._v1.discard(sink)
+        self._waiting.pop(sink, None)
         replay = self._replays.pop(sink, None)
         if replay is not None:
             replay.cancel()
+
+    def wake_on_lines(self, sink: ClientSink, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once the next batch is held in the history."""
+        self._waiting[sink] = wake
 
     def went_live(self, sink: ClientSink, owes_gap: bool) -> None:
         """A replay caught up: ``sink`` joins the v1 live set in this turn."""
@@ -172,6 +181,7 @@ class Broadcaster:
         for replay in self._replays.values():
             replay.cancel()
         self._replays.clear()
+        self._waiting.clear()
         for sink in sinks:
             try:
                 sink.client.goAway()
@@ -238,6 +248,10 @@ class Broadcaster:
             keys = [parse_id(i) for i in ids]
         self.history.extend(keys, lines)
         self.last_key = keys[-1]
+        if self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            for wake in waiting.values():
+                wake()
         if self._raw:
             self._fan_out(self._raw, b"".join([frame(line) for line in lines]), count)
         owed = self._gap_owed

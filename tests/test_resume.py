@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from nanostream.broadcast import Broadcaster
 from nanostream.resume.history import History
 from nanostream.resume.ids import format_key, parse_id
-from nanostream.resume.replay import CHUNK_BYTES, TURN_BYTES
+from nanostream.resume.replay import CHUNK_BYTES
+from nanostream.resume.turns import TURN_BYTES
 
 START = 1_700_000_000.0
 START_MS = b"1700000000000"
@@ -428,3 +429,175 @@ class ArchiveTests(Fixture):
             [*(b"%d-0 s%d-0" % (n, n) for n in range(11, 16)), b"!live"],
         )
         self.assertEqual(format_key(parse_id(archive.asked[0])), b"10-0")
+
+    def test_history_evicting_behind_archive_entries(self) -> None:
+        """Lines the history evicts while archive entries wait for the client
+        to drain are not skipped where the history takes over: they come
+        from the archive too."""
+        archive = FakeArchive(360, last_read=300)
+        self.broadcaster.archive = archive
+        for n in range(1, 301):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = Client()
+        client.sink.pauseProducing()
+        self.broadcaster.resume(client.sink, b"3-0")
+        self.settle()
+        archive.last_read = b"360-0"
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in range(301, 361)],
+            [b"%d-0" % n for n in range(301, 361)],
+        )
+        client.sink.resumeProducing()
+        self.settle()
+        self.assertEqual(client.dropped, [])
+        self.assertEqual(
+            client.messages(),
+            [*(b"%d-0 s%d-0" % (n, n) for n in range(4, 361)), b"!live"],
+        )
+
+    def test_stream_trimmed_past_the_replay_drops(self) -> None:
+        """If the stream lets go of the last line a replay sent from it before
+        the next read, what followed may be gone too: the client is dropped
+        (it may resume and is told of the gap), never silently short."""
+        archive = FakeArchive(600, last_read=600)
+        self.broadcaster.archive = archive
+        for n in range(1, 601):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = Client()
+        client.sink.pauseProducing()
+        self.broadcaster.resume(client.sink, b"3-0")
+        self.settle()
+        archive.ids = archive.ids[300:]
+        client.sink.resumeProducing()
+        self.settle()
+        self.assertEqual(len(client.dropped), 1)
+        messages = client.messages()
+        self.assertEqual(messages[-1], b"259-0 s259-0")
+        self.assertNotIn(b"!live", messages)
+
+    def test_lagging_node_waits_for_the_resume_position(self) -> None:
+        """A client resuming at an id this node has not read yet (another node
+        is ahead) goes live only once this node has read past it: the lines
+        up to its position are not sent again."""
+        archive = FakeArchive(20, last_read=10)
+        self.broadcaster.archive = archive
+        for n in range(1, 11):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = self.client(since=b"15-0")
+        self.settle()
+        self.assertEqual(client.messages(), [])
+        for first in (11, 14, 17):
+            batch = range(first, first + 3)
+            archive.last_read = b"%d-0" % batch[-1]
+            self.broadcaster.broadcast(
+                [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+            )
+            self.settle()
+        archive.last_read = b"20-0"
+        self.broadcaster.broadcast([b"s20-0"], [b"20-0"])
+        self.settle()
+        self.assertEqual(
+            client.messages(),
+            [
+                b"16-0 s16-0",
+                b"!live",
+                *(b"%d-0 s%d-0" % (n, n) for n in range(17, 21)),
+            ],
+        )
+        self.assertEqual(self.broadcaster.resumes_exact, 1)
+
+    def test_lagging_node_reads_past_its_history(self) -> None:
+        """While a waiting client's position is read in one batch larger than
+        the history, the lines after it that the history evicted are not
+        skipped: they come from the archive."""
+        archive = FakeArchive(300, last_read=10)
+        self.broadcaster.archive = archive
+        self.history.max_lines = 50
+        for n in range(1, 11):
+            self.broadcaster.broadcast([b"s%d-0" % n], [b"%d-0" % n])
+        client = self.client(since=b"15-0")
+        self.settle()
+        archive.last_read = b"300-0"
+        batch = range(11, 301)
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+        )
+        self.settle()
+        self.assertEqual(client.dropped, [])
+        self.assertEqual(
+            client.messages(),
+            [*(b"%d-0 s%d-0" % (n, n) for n in range(16, 301)), b"!live"],
+        )
+
+    def test_lagging_node_without_history_serves_the_rest_from_the_stream(
+        self,
+    ) -> None:
+        """With no history, the lines read in the batch that passed a waiting
+        client's position come from the stream before ``!live``."""
+        archive = FakeArchive(20, last_read=10)
+        self.broadcaster.archive = archive
+        self.history.max_lines = 0
+        client = self.client(since=b"15-0")
+        self.settle()
+        archive.last_read = b"18-0"
+        batch = range(11, 19)
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+        )
+        self.settle()
+        self.broadcaster.broadcast([b"s19-0"], [b"19-0"])
+        self.assertEqual(
+            client.messages(),
+            [*(b"%d-0 s%d-0" % (n, n) for n in range(16, 19)), b"!live", b"19-0 s19-0"],
+        )
+
+
+class LateArchive(FakeArchive):
+    """Answers each read as the stream was when asked, once told to."""
+
+    def __init__(self, count: int, last_read: int | None = None) -> None:
+        super().__init__(count, last_read)
+        self.answers: list[tuple[Deferred[Slice], Slice]] = []
+
+    def read_after(self, since: bytes, count: int) -> Deferred[Slice]:
+        answer = self.successResultOf(super().read_after(since, count))
+        d: Deferred[Slice] = Deferred()
+        self.answers.append((d, answer))
+        return d
+
+    def successResultOf(self, d: Deferred[Slice]) -> Slice:
+        found: list[Slice] = []
+        d.addCallback(found.append)
+        return found[0]
+
+    def answer(self) -> None:
+        d, answer = self.answers.pop(0)
+        d.callback(answer)
+
+
+class ArchiveRaceTests(Fixture):
+    def test_lines_read_while_the_archive_answers(self) -> None:
+        """Without a history, lines the source reads while an archive read
+        is under way, past the end that read saw, are fetched again, not
+        lost at the seam."""
+        archive = LateArchive(12, last_read=10)
+        self.broadcaster.archive = archive
+        self.history.max_lines = 0
+        client = self.client(since=b"5-0")
+        # The stream grows and the source reads on before the answer comes.
+        archive.ids += [b"%d-0" % n for n in range(13, 16)]
+        archive.last_read = b"15-0"
+        batch = range(11, 16)
+        self.broadcaster.broadcast(
+            [b"s%d-0" % n for n in batch], [b"%d-0" % n for n in batch]
+        )
+        archive.answer()
+        self.settle()
+        self.assertEqual(len(archive.answers), 1, "asked again")
+        archive.answer()
+        self.settle()
+        self.broadcaster.broadcast([b"s16-0"], [b"16-0"])
+        self.assertEqual(
+            client.messages(),
+            [*(b"%d-0 s%d-0" % (n, n) for n in range(6, 16)), b"!live", b"16-0 s16-0"],
+        )

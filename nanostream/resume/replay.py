@@ -3,11 +3,10 @@
 A replay writes from the node's history (or, for older lines, from the
 source's :class:`Archive`, a Redis stream) one chunk at a time, and writes
 the next chunk only once the client has drained the last: it never runs more
-than a chunk ahead of the client.  Replays take turns (:class:`Turns`): each
-gets at most one chunk per reactor turn and all of them together at most
-:data:`TURN_BYTES`, so a storm of resumes never holds up the live feed for
-long.  Lines read meanwhile are held in the history behind the replay's
-position.
+than a chunk ahead of the client.  Replays take turns
+(:class:`~nanostream.resume.turns.Turns`), so a storm of resumes never holds
+up the live feed for long.  Lines read meanwhile are held in the history
+behind the replay's position.
 
 History chunks start at multiples of :data:`ALIGN` positions, so clients
 resuming from nearby ids ask for the same chunks, and each is framed once
@@ -15,24 +14,28 @@ resuming from nearby ids ask for the same chunks, and each is framed once
 
 When the position reaches the newest line, the replay writes ``!live`` and
 moves the client into the live set in the same reactor turn, so nothing is
-lost or repeated at the seam.  A client that falls so far behind that the
-history evicts lines it has not been sent is dropped as a slow consumer:
-it may resume again and will be told of the gap.
+lost or repeated at the seam.  Should the history evict lines the client has
+not been sent, the replay reads on from the archive; without one, the
+client is dropped as a slow consumer: it may resume and is told of the gap.
+
+A node may lag behind the stream (another node is ahead): a client may
+resume at an id the stream holds but this node has not read yet.  Such a
+replay waits, without ``!live``, until the node has read past that id, and
+skips the lines up to it as they are read, so the client gets none twice.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.broadcast import frame_with_ids, notice
 from nanostream.resume.ids import format_key, parse_id
+from nanostream.resume.turns import FramedChunks, Turns
 
 if TYPE_CHECKING:
     from nanostream.broadcast import Broadcaster
@@ -48,12 +51,6 @@ ARCHIVE_COUNT = 256
 
 #: History chunks after a replay's first start at multiples of this.
 ALIGN = 64
-
-#: Bytes all replays together may write in one reactor turn.
-TURN_BYTES = 1024 * 1024
-
-#: Framed chunks kept for replays that follow, in bytes.
-FRAMED_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 class ArchiveSlice(Protocol):
@@ -75,68 +72,6 @@ class Archive(Protocol):
     def read_after(self, since: bytes, count: int) -> Deferred[Any]:
         """Fire with an :class:`ArchiveSlice`: whether ``since`` is held, the
         oldest held id, and up to ``count`` entries after ``since``."""
-
-
-class Turns:
-    """Runs ready replays' next steps, in order, within a budget per turn.
-
-    A step returns the bytes it wrote; once a turn's steps have written
-    :data:`TURN_BYTES`, the rest wait for the next turn.
-    """
-
-    def __init__(self, clock: IReactorTime, budget: int = TURN_BYTES) -> None:
-        self._clock = clock
-        self._budget = budget
-        self._ready: deque[Callable[[], int]] = deque()
-        self._scheduled = False
-
-    def soon(self, step: Callable[[], int]) -> None:
-        self._ready.append(step)
-        if not self._scheduled:
-            self._scheduled = True
-            self._clock.callLater(0, self._run)
-
-    def _run(self) -> None:
-        self._scheduled = False
-        ready = self._ready
-        spent = 0
-        # Only the steps ready when the turn began: those they schedule wait.
-        for _ in range(len(ready)):
-            if spent >= self._budget:
-                break
-            spent += ready.popleft()()
-        if ready and not self._scheduled:
-            self._scheduled = True
-            self._clock.callLater(0, self._run)
-
-
-class FramedChunks:
-    """The framed bytes of aligned history chunks, shared by every replay.
-
-    Bounded by :data:`FRAMED_CHUNK_BYTES`, oldest chunk out first; a chunk
-    whose lines the history evicted is never asked for again and ages out.
-    """
-
-    def __init__(self, max_bytes: int = FRAMED_CHUNK_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._chunks: dict[int, tuple[int, bytes]] = {}
-        self._bytes = 0
-
-    def get(self, start: int, stop: int) -> bytes | None:
-        held = self._chunks.get(start)
-        if held is not None and held[0] == stop:
-            return held[1]
-        return None
-
-    def put(self, start: int, stop: int, data: bytes) -> None:
-        old = self._chunks.pop(start, None)
-        if old is not None:
-            self._bytes -= len(old[1])
-        self._chunks[start] = (stop, data)
-        self._bytes += len(data)
-        while self._bytes > self._max_bytes:
-            oldest = next(iter(self._chunks))
-            self._bytes -= len(self._chunks.pop(oldest)[1])
 
 
 class Replay:
@@ -164,7 +99,11 @@ class Replay:
         self._last_sent = parse_id(since)
         self._archive_done = False
         self._fetching = False
+        #: What the source had read when the last fetch was asked.
+        self._read_before: bytes | None = None
         self._gap_told: int | None = None
+        #: The client is ahead of what this node has read (see above).
+        self._ahead = False
 
     def start(self) -> None:
         history = self._history
@@ -197,6 +136,7 @@ class Replay:
         archive = self._broadcaster.archive
         assert archive is not None
         self._fetching = True
+        self._read_before = archive.last_read
         d = archive.read_after(format_key(self._last_sent), ARCHIVE_COUNT)
         d.addCallbacks(self._fetched, self._unavailable, callbackArgs=(first,))
 
@@ -208,16 +148,17 @@ class Replay:
         if first:
             if slice.held:
                 self._broadcaster.resumes_exact += 1
+                self._ahead = not self._source_reached()
             else:
-                held = [
-                    k
-                    for k in (
-                        None if slice.oldest is None else parse_id(slice.oldest),
-                        history.oldest(),
-                    )
-                    if k is not None
-                ]
+                oldest = None if slice.oldest is None else parse_id(slice.oldest)
+                held = [k for k in (oldest, history.oldest()) if k is not None]
                 self._gap(min(held) if held else None)
+        elif not slice.held and self._last_sent != parse_id(self._since):
+            # The stream let go of the last line sent: what followed it may
+            # be gone too, and the client must not miss it silently.
+            _log.warn("dropping a resuming client: it fell behind the stream")
+            self._broadcaster.drop(self._sink)
+            return
         # Archive entries stop where the history takes over, or where the
         # source has read up to: anything later comes live.
         cap = history.oldest()
@@ -225,16 +166,23 @@ class Replay:
             archive = self._broadcaster.archive
             read = None if archive is None else archive.last_read
             cap = parse_id(read) + 1 if read is not None else 0
-        taken = 0
         for entry_id, line in slice.entries:
             k = parse_id(entry_id)
             if k >= cap:
                 self._archive_done = True
                 break
             self._pending.append((k, line))
-            taken += 1
-        if len(slice.entries) < ARCHIVE_COUNT or not taken:
-            self._archive_done = True
+        if not self._archive_done and len(slice.entries) < ARCHIVE_COUNT:
+            # The slice reached the stream's end when it was read; lines the
+            # source read after the fetch was asked may lie past that end
+            # and, with a short history, be held nowhere: ask again then.
+            self._archive_done = self._history_covers()
+        if self._archive_done:
+            # The history takes over after the last entry to be sent, from
+            # where it is now: should it evict lines before the pending
+            # entries are written, the client falls behind, never skips.
+            last = self._pending[-1][0] if self._pending else self._last_sent
+            self._position = history.after(last)
         self._step()
 
     def _unavailable(self, failure: Failure) -> None:
@@ -305,6 +253,8 @@ class Replay:
         position = self._position
         assert position is not None
         if position < history.first:
+            if self._broadcaster.archive is not None:
+                return self._from_archive()
             _log.warn(
                 "dropping a resuming client: it fell behind the history "
                 "({lines} lines, {size} bytes)",
@@ -313,8 +263,15 @@ class Replay:
             )
             self._broadcaster.drop(self._sink)
             return -1
+        if self._ahead:
+            position = self._skip_read(position)
+            if position < 0:
+                return -1
         gaps = history.gaps
         if position >= history.end:
+            if self._ahead:
+                self._broadcaster.wake_on_lines(self._sink, self._drained)
+                return -1
             self._sink.send(notice(b"!live"))
             # A gap marked where no line has come yet is still to be told.
             self._broadcaster.went_live(self._sink, position in gaps)
@@ -341,6 +298,49 @@ class Replay:
         if position % ALIGN == 0 and self._position == stop:
             self._framed.put(position, stop, data)
         return self._write(keys, data, len(keys))
+
+    def _from_archive(self) -> int:
+        """Read on from the stream, which holds what the history let go."""
+        self._position = None
+        self._archive_done = False
+        self._turns.soon(self._step)
+        return -1
+
+    def _history_covers(self) -> bool:
+        """Whether every line the source read after the last fetch was
+        asked is in the history (or it read none)."""
+        archive = self._broadcaster.archive
+        before = self._read_before
+        if archive is None or archive.last_read == before:
+            return True
+        oldest = self._history.oldest()
+        return before is not None and oldest is not None and oldest <= parse_id(before)
+
+    def _source_reached(self) -> bool:
+        """Whether this node has read up to the client's position."""
+        archive = self._broadcaster.archive
+        read = None if archive is None else archive.last_read
+        return read is None or parse_id(read) >= self._last_sent
+
+    def _skip_read(self, position: int) -> int:
+        """Past the lines the client already has, up to its position; -1
+        when the source read past it but the history holds none of that."""
+        history = self._history
+        end = history.end
+        while position < end and history.key_at(position) <= self._last_sent:
+            position += 1
+        self._position = position
+        if position < end:
+            self._ahead = False
+        elif self._source_reached():
+            self._ahead = False
+            archive = self._broadcaster.archive
+            assert archive is not None and archive.last_read is not None
+            if parse_id(archive.last_read) > self._last_sent:
+                # Read in one batch with lines the client had and not held
+                # (no history): the stream still has them.
+                return self._from_archive()
+        return position
 
     def _write(self, keys: list[int], data: bytes, count: int) -> int:
         self._last_sent = keys[-1]

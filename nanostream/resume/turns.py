@@ -1,0 +1,83 @@
+"""Sharing the reactor between replays, and their framed chunks between clients.
+
+Replays take turns (:class:`Turns`): each gets at most one chunk per
+reactor turn and all of them together at most :data:`TURN_BYTES`, so a
+storm of resumes never holds up the live feed for long.  An aligned chunk
+of the history is framed once (:class:`FramedChunks`) however many
+replaying clients it is written to.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+
+#: Bytes all replays together may write in one reactor turn.
+TURN_BYTES = 1024 * 1024
+
+#: Framed chunks kept for replays that follow, in bytes.
+FRAMED_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+class Turns:
+    """Runs ready replays' next steps, in order, within a budget per turn.
+
+    A step returns the bytes it wrote; once a turn's steps have written
+    :data:`TURN_BYTES`, the rest wait for the next turn.
+    """
+
+    def __init__(self, clock: IReactorTime, budget: int = TURN_BYTES) -> None:
+        self._clock = clock
+        self._budget = budget
+        self._ready: deque[Callable[[], int]] = deque()
+        self._scheduled = False
+
+    def soon(self, step: Callable[[], int]) -> None:
+        self._ready.append(step)
+        if not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        ready = self._ready
+        spent = 0
+        # Only the steps ready when the turn began: those they schedule wait.
+        for _ in range(len(ready)):
+            if spent >= self._budget:
+                break
+            spent += ready.popleft()()
+        if ready and not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self._run)
+
+
+class FramedChunks:
+    """The framed bytes of aligned history chunks, shared by every replay.
+
+    Bounded by :data:`FRAMED_CHUNK_BYTES`, oldest chunk out first; a chunk
+    whose lines the history evicted is never asked for again and ages out.
+    """
+
+    def __init__(self, max_bytes: int = FRAMED_CHUNK_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._chunks: dict[int, tuple[int, bytes]] = {}
+        self._bytes = 0
+
+    def get(self, start: int, stop: int) -> bytes | None:
+        held = self._chunks.get(start)
+        if held is not None and held[0] == stop:
+            return held[1]
+        return None
+
+    def put(self, start: int, stop: int, data: bytes) -> None:
+        old = self._chunks.pop(start, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        self._chunks[start] = (stop, data)
+        self._bytes += len(data)
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._chunks))
+            self._bytes -= len(self._chunks.pop(oldest)[1])
