@@ -1,26 +1,33 @@
 """The per-client writers: how the broadcaster's bytes reach one connection.
 
-Each client's sink knows, through Twisted's producer signals, how many of
-our bytes its transport still holds (see :class:`SocketSink` for plain
-sockets, :class:`ClientSink` for the rest).  The broadcaster drops a client
-whose backlog passes ``--max-buffer-bytes``; a replay waits for the sink to
-drain (:attr:`ClientSink.on_drain`) before it writes more.
+Each client's sink knows how many of our bytes still wait for its socket:
+a plain socket's :class:`SocketSink` queues them itself, the generic
+:class:`ClientSink` (TLS) learns it from Twisted's producer signals.  The
+broadcaster drops a client whose backlog passes ``--max-buffer-bytes``; a
+replay waits for the sink to drain (:attr:`ClientSink.on_drain`) before it
+writes more.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any, Protocol
 
+from twisted.internet import main
 from twisted.internet.interfaces import (
     IConsumer,
-    IPullProducer,
     IPushProducer,
     ISSLTransport,
     ISystemHandle,
 )
 from zope.interface import implementer
+
+#: The most buffers one ``sendmsg`` takes.
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
 class Client(Protocol):
@@ -83,6 +90,9 @@ class ClientSink:
             self.unsent += len(data)
         return self.unsent
 
+    def detach(self) -> None:
+        """The connection is gone; the transport forgets its producer itself."""
+
     def pauseProducing(self) -> None:
         self.paused = True
 
@@ -96,70 +106,125 @@ class ClientSink:
         self.paused = True
 
 
-@implementer(IPullProducer)
 class SocketSink(ClientSink):
-    """A client on a plain socket: the fast path.
+    """A client on a plain socket: the fast path, also when it reads slowly.
 
-    While the transport holds none of our bytes we hand each batch straight
-    to the kernel with one ``send``; Twisted's buffer (and its pair of epoll
-    calls per write) only takes what the kernel would not.  As a *pull*
-    producer the sink hears ``resumeProducing`` exactly when that buffer has
-    drained, so ``unsent`` is the transport's true backlog and ordering is
-    kept: nothing bypasses bytes already queued.  Every write of the
-    connection, Autobahn's pings and close frames included, must go
+    While nothing is queued a batch goes straight to the kernel with one
+    ``send``.  What the kernel refuses waits in a queue of references to
+    the broadcaster's batches (a view on the unsent tail of the first), so
+    the bytes of a batch exist once however many clients are behind; the
+    queue then goes out with one ``sendmsg`` per writable event.
+
+    The sink becomes the transport's ``doWrite``: the reactor calls it
+    directly when the socket is writable, once per event.  Write interest
+    stays registered until an event finds nothing to send, so a client that
+    keeps falling behind costs no epoll change per batch.  Every write of
+    the connection, Autobahn's pings and close frames included, must go
     through :meth:`send` once the sink exists.
     """
 
-    __slots__ = ("socket_send",)
+    __slots__ = ("_transport", "_send", "_sendmsg", "_queue")
 
-    streaming = False
-
-    def __init__(
-        self,
-        transport_write: Callable[[bytes], None],
-        socket_send: Callable[[bytes], int],
-        client: Client,
-    ) -> None:
-        super().__init__(transport_write, client)
-        self.socket_send = socket_send
-        # The handshake response may still sit in the transport's buffer;
-        # queue behind it until the transport reports a drain.
-        self.unsent = 1
+    def __init__(self, transport: Any, sock: socket.socket, client: Client) -> None:
+        super().__init__(transport.write, client)
+        self._transport = transport
+        self._send = sock.send
+        self._sendmsg = sock.sendmsg
+        self._queue: deque[bytes | memoryview] | None = None
 
     def attach(self, consumer: IConsumer) -> None:
-        """Register, and still queue until the transport reports a drain.
+        """Take over the transport's writes, behind what it still holds.
 
-        Twisted resumes a pull producer the moment it is registered, while
-        the handshake response still waits in the transport's buffer; taken
-        for a drain, that call would let lines overtake the response.
+        The handshake response is still in the transport's buffer when the
+        connection opens; it moves to the head of the queue (the transport
+        is already waiting for the socket to be writable).
         """
-        consumer.registerProducer(self, self.streaming)
-        self.unsent = 1
+        transport: Any = consumer
+        held = transport.dataBuffer[transport.offset :] + b"".join(
+            transport._tempDataBuffer
+        )
+        transport.dataBuffer = b""
+        transport.offset = 0
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0
+        transport.doWrite = self.doWrite
+        if held:
+            self._queue = deque([held])
+            self.unsent = len(held)
+            transport.startWriting()
+
+    def detach(self) -> None:
+        """The connection is gone: forget the queue and give doWrite back."""
+        self._queue = None
+        self.unsent = 0
+        self._transport.__dict__.pop("doWrite", None)
 
     def send(self, data: bytes) -> int:
-        if self.unsent:
-            self.transport_write(data)
+        queue = self._queue
+        if queue is not None:
+            queue.append(data)
             self.unsent += len(data)
             return self.unsent
         try:
-            sent = self.socket_send(data)
+            sent = self._send(data)
         except OSError:
-            # Full (EAGAIN) or broken: the transport queues the bytes and,
-            # if the connection is gone, finds out and closes it properly.
+            # Full (EAGAIN), or broken: the next writable event finds out.
             sent = 0
-        if sent < len(data):
-            rest = data[sent:]
-            self.transport_write(rest)
-            self.unsent = len(rest)
+        size = len(data)
+        if sent < size:
+            self._queue = deque([memoryview(data)[sent:] if sent else data])
+            self.unsent = size - sent
+            if self._transport.connected:
+                self._transport.startWriting()
         return self.unsent
 
-    def resumeProducing(self) -> None:
-        self.unsent = 0
-        if self.on_drain is not None:
-            self._drained()
+    def doWrite(self) -> Any:
+        """The socket is writable: send the queue, or stop watching for this.
 
-    def stopProducing(self) -> None:
-        self.unsent = 1
+        Returns what Twisted's ``doWrite`` would: None, or why the
+        connection is lost.
+        """
+        queue = self._queue
+        transport = self._transport
+        if queue is None:
+            if (
+                transport.disconnecting
+                or transport._tempDataLen
+                or transport.dataBuffer
+            ):
+                # Closing (or written to directly): Twisted finishes it.
+                return type(transport).doWrite(transport)
+            transport.stopWriting()
+            return None
+        try:
+            if len(queue) == 1:
+                sent = self._send(queue[0])
+            elif len(queue) <= _IOV_MAX:
+                sent = self._sendmsg(queue)
+            else:
+                sent = self._sendmsg(list(islice(queue, _IOV_MAX)))
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        unsent = self.unsent - sent
+        self.unsent = unsent
+        if not unsent:
+            # Interest stays registered: the next event stops it, unless
+            # a new batch was queued meanwhile.
+            self._queue = None
+            if self.on_drain is not None:
+                self._drained()
+            return None
+        while sent:
+            head = queue[0]
+            size = len(head)
+            if sent < size:
+                queue[0] = memoryview(head)[sent:]
+                break
+            queue.popleft()
+            sent -= size
+        return None
 
 
 def sink_for(transport: Any, client: Client) -> ClientSink:
@@ -171,5 +236,5 @@ def sink_for(transport: Any, client: Client) -> ClientSink:
     if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
         handle = transport.getHandle()
         if isinstance(handle, socket.socket):
-            return SocketSink(write, handle.send, client)
+            return SocketSink(transport, handle, client)
     return ClientSink(write, client)

@@ -180,7 +180,7 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         connection must pass through it to keep the byte stream in order.
         """
         sink = self._sink
-        if sink is None or sync or chopsize:
+        if sink is None:
             super().sendData(data, sync, chopsize)
         else:
             sink.send(data)
@@ -217,7 +217,11 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        sink = self._sink
         super().connectionLost(reason)
+        if sink is not None:
+            # The sink and the transport refer to each other until now.
+            sink.detach()
         # Autobahn resolves is_closed with the protocol itself, a reference
         # cycle: every closed connection would keep its memory until one of
         # the garbage collector's rare full passes.  Nothing reads it now.
