@@ -238,3 +238,40 @@ def sink_for(transport: Any, client: Client) -> ClientSink:
         if isinstance(handle, socket.socket):
             return SocketSink(transport, handle, client)
     return ClientSink(write, client)
+
+
+def write_now(transport: Any, data: bytes) -> bool:
+    """Write ``data`` to a plain socket at once; False if the transport must.
+
+    Before a connection opens (the handshake response, a refusal), this
+    spares the transport's buffer a write-interest change and a writable
+    event for bytes the kernel takes at once.  Only while the transport
+    holds nothing, so nothing is overtaken; what the kernel refuses goes to
+    the transport.
+    """
+    if (
+        not _has_socket(transport)
+        or not transport.connected
+        or transport.disconnecting
+        or transport.dataBuffer
+        or transport._tempDataLen
+    ):
+        return False
+    handle = transport.getHandle()
+    if not isinstance(handle, socket.socket):
+        return False
+    try:
+        sent = handle.send(data)
+    except OSError:
+        # Full, or broken: the transport finds out and closes properly.
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True
+
+
+def _has_socket(transport: object) -> bool:
+    """Whether ``transport`` writes to a socket of its own without encrypting."""
+    return not ISSLTransport.providedBy(transport) and bool(
+        ISystemHandle.providedBy(transport)
+    )

@@ -11,7 +11,7 @@ Whatever a client sends is read and discarded.
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import txaio
 from autobahn.twisted.websocket import (
@@ -35,7 +35,7 @@ from nanostream.autobahn_overrides import (
 )
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
-from nanostream.sinks import ClientSink, sink_for
+from nanostream.sinks import ClientSink, sink_for, write_now
 
 _log = Logger()
 
@@ -180,10 +180,10 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         connection must pass through it to keep the byte stream in order.
         """
         sink = self._sink
-        if sink is None:
-            super().sendData(data, sync, chopsize)
-        else:
+        if sink is not None:
             sink.send(data)
+        elif sync or chopsize or not write_now(self.transport, data):
+            super().sendData(data, sync, chopsize)
 
     def sendCloseFrame(
         self,
@@ -249,13 +249,34 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         self.sendCloseFrame(GOING_AWAY, b"server shutting down")
 
 
+#: Characters ``urlsplit`` strips from a URL before it splits it.
+_STRIPPED = frozenset("\t\r\n")
+
+
 def query_values(uri: str) -> dict[str, list[str]]:
     """Every value of every query parameter, empty ones included.
 
     Autobahn's ``request.params`` drops empty values, so ``?t=&t=TOKEN``
-    would pass for one token where exactly one is required.
+    would pass for one token where exactly one is required.  The result is
+    ``parse_qs(urlsplit(uri).query, keep_blank_values=True)``, found
+    without building the rest of the split (a handshake parses one).
     """
-    return parse_qs(urlsplit(uri).query, keep_blank_values=True)
+    if not _STRIPPED.isdisjoint(uri):
+        return parse_qs(urlsplit(uri).query, keep_blank_values=True)
+    query = uri.partition("#")[0].partition("?")[2]
+    values: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        name = unquote(name.replace("+", " "))
+        value = unquote(value.replace("+", " "))
+        found = values.get(name)
+        if found is None:
+            values[name] = [value]
+        else:
+            found.append(value)
+    return values
 
 
 class NanostreamServerFactory(WebSocketServerFactory):

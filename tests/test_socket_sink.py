@@ -8,11 +8,13 @@ from collections.abc import Iterable
 
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from nanostream.broadcast import Broadcaster
-from nanostream.sinks import SocketSink
+from nanostream.sinks import SocketSink, write_now
 
 
 class FakeSocket:
@@ -299,3 +301,57 @@ class RealSocketTests(SynchronousTestCase):
         self.assertGreater(slow.dropped[0], 64 * 1024)
         self.assertEqual(fast.dropped, [])
         self.assertEqual(len(broadcaster), 1)
+
+
+@implementer(ISystemHandle)
+class SocketTransport(Transport):
+    """A transport over a real socket, as Twisted's TCP transports are."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+class WriteNowTests(SynchronousTestCase):
+    """Before a connection opens, its writes skip the transport's buffer."""
+
+    def test_response_goes_straight_to_the_socket(self) -> None:
+        """The kernel takes a handshake response at once: nothing is buffered."""
+        server, client = socket_pair(self, 1 << 16)
+        transport = SocketTransport(server)
+        self.assertTrue(write_now(transport, b"HTTP/1.1 101\r\n\r\n"))
+        self.assertEqual(read_all(client), b"HTTP/1.1 101\r\n\r\n")
+        self.assertFalse(transport.watched)
+
+    def test_refused_rest_goes_to_the_transport(self) -> None:
+        """What the kernel refuses waits in the transport, after what it took."""
+        server, client = socket_pair(self, 4096)
+        transport = SocketTransport(server)
+        big = os.urandom(1 << 20)
+        self.assertTrue(write_now(transport, big))
+        self.assertTrue(transport.watched)
+        got = read_all(client)
+        self.assertEqual(got + b"".join(transport._tempDataBuffer), big)
+
+    def test_behind_buffered_bytes_the_transport_writes(self) -> None:
+        """While the transport holds bytes, nothing may overtake them."""
+        server, client = socket_pair(self, 1 << 16)
+        transport = SocketTransport(server)
+        transport.write(b"first")
+        self.assertFalse(write_now(transport, b"second"))
+        self.assertEqual(read_all(client), b"")
+
+    def test_closing_transport_is_left_alone(self) -> None:
+        """A transport that is closing gets nothing written behind its back."""
+        server, client = socket_pair(self, 1 << 16)
+        transport = SocketTransport(server)
+        transport.loseConnection()
+        self.assertFalse(write_now(transport, b"late"))
+        self.assertEqual(read_all(client), b"")
+
+    def test_other_transports_write_themselves(self) -> None:
+        """A transport with no socket of its own (TLS, tests) writes as ever."""
+        self.assertFalse(write_now(Transport(), b"data"))
