@@ -18,6 +18,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from twisted.internet import main
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import (
     IConsumer,
     IPushProducer,
@@ -123,13 +124,13 @@ class SocketSink(ClientSink):
     through :meth:`send` once the sink exists.
     """
 
-    __slots__ = ("_transport", "_send", "_sendmsg", "_queue")
+    __slots__ = ("_transport", "_socket", "_send", "_queue")
 
     def __init__(self, transport: Any, sock: socket.socket, client: Client) -> None:
         super().__init__(transport.write, client)
         self._transport = transport
+        self._socket = sock
         self._send = sock.send
-        self._sendmsg = sock.sendmsg
         self._queue: deque[bytes | memoryview] | None = None
 
     def attach(self, consumer: IConsumer) -> None:
@@ -200,9 +201,9 @@ class SocketSink(ClientSink):
             if len(queue) == 1:
                 sent = self._send(queue[0])
             elif len(queue) <= _IOV_MAX:
-                sent = self._sendmsg(queue)
+                sent = self._socket.sendmsg(queue)
             else:
-                sent = self._sendmsg(list(islice(queue, _IOV_MAX)))
+                sent = self._socket.sendmsg(list(islice(queue, _IOV_MAX)))
         except BlockingIOError:
             return None
         except OSError:
@@ -232,12 +233,11 @@ def sink_for(transport: Any, client: Client) -> ClientSink:
 
     TLS connections must go through their transport, which encrypts.
     """
-    write = transport.write
-    if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
+    if _has_socket(transport):
         handle = transport.getHandle()
         if isinstance(handle, socket.socket):
             return SocketSink(transport, handle, client)
-    return ClientSink(write, client)
+    return ClientSink(transport.write, client)
 
 
 def write_now(transport: Any, data: bytes) -> bool:
@@ -271,7 +271,13 @@ def write_now(transport: Any, data: bytes) -> bool:
 
 
 def _has_socket(transport: object) -> bool:
-    """Whether ``transport`` writes to a socket of its own without encrypting."""
-    return not ISSLTransport.providedBy(transport) and bool(
-        ISystemHandle.providedBy(transport)
+    """Whether ``transport`` writes to a socket of its own without encrypting.
+
+    Only Twisted's own socket transports qualify: the sink takes over their
+    buffer and their ``doWrite``.
+    """
+    return (
+        isinstance(transport, FileDescriptor)
+        and not ISSLTransport.providedBy(transport)
+        and bool(ISystemHandle.providedBy(transport))
     )

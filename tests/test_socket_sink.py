@@ -8,13 +8,13 @@ from collections.abc import Iterable
 
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import ISystemHandle
+from twisted.internet.interfaces import ISSLTransport, ISystemHandle
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from nanostream.broadcast import Broadcaster
-from nanostream.sinks import SocketSink, write_now
+from nanostream.sinks import ClientSink, SocketSink, sink_for, write_now
 
 
 class FakeSocket:
@@ -355,3 +355,26 @@ class WriteNowTests(SynchronousTestCase):
     def test_other_transports_write_themselves(self) -> None:
         """A transport with no socket of its own (TLS, tests) writes as ever."""
         self.assertFalse(write_now(Transport(), b"data"))
+
+
+class SinkForTests(SynchronousTestCase):
+    """Only a plain socket transport of Twisted's gets the socket sink."""
+
+    def test_plain_socket_gets_the_socket_sink(self) -> None:
+        """A TCP or UNIX transport is written by the sink itself."""
+        server, _ = socket_pair(self, 1 << 16)
+        sink = sink_for(SocketTransport(server), Peer(FakeSocket()))
+        self.assertIsInstance(sink, SocketSink)
+
+    def test_tls_keeps_the_transport_path(self) -> None:
+        """A TLS transport encrypts, so every byte goes through its write."""
+        server, client = socket_pair(self, 1 << 16)
+        transport = SocketTransport(server)
+        alsoProvides(transport, ISSLTransport)
+        sink = sink_for(transport, Peer(FakeSocket()))
+        self.assertNotIsInstance(sink, SocketSink)
+        self.assertIsInstance(sink, ClientSink)
+        self.assertFalse(write_now(transport, b"101"))
+        sink.send(b"line")
+        self.assertEqual(read_all(client), b"")
+        self.assertEqual(transport._tempDataBuffer, [b"line"])
