@@ -178,11 +178,13 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
 
         The sink may write straight to the socket, so every write of an open
         connection must pass through it to keep the byte stream in order.
+        Before that, the handshake's response goes straight to a plain
+        socket when the kernel takes it (see :func:`write_now`).
         """
         sink = self._sink
         if sink is not None:
             sink.send(data)
-        elif sync or chopsize or not write_now(self.transport, data):
+        elif sync or chopsize or self.send_queue or not write_now(self.transport, data):
             super().sendData(data, sync, chopsize)
 
     def sendCloseFrame(
