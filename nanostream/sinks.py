@@ -117,9 +117,9 @@ class SocketSink(ClientSink):
     queue then goes out with one ``sendmsg`` per writable event.
 
     The sink becomes the transport's ``doWrite``: the reactor calls it
-    directly when the socket is writable, once per event.  Write interest
-    stays registered until an event finds nothing to send, so a client that
-    keeps falling behind costs no epoll change per batch.  Every write of
+    directly when the socket is writable, once per event, and write
+    interest ends with the queue (keeping it for one more event measured
+    slower: docs/performance.rst, "Profiles").  Every write of
     the connection, Autobahn's pings and close frames included, must go
     through :meth:`send` once the sink exists.
     """
@@ -188,15 +188,7 @@ class SocketSink(ClientSink):
         queue = self._queue
         transport = self._transport
         if queue is None:
-            if (
-                transport.disconnecting
-                or transport._tempDataLen
-                or transport.dataBuffer
-            ):
-                # Closing (or written to directly): Twisted finishes it.
-                return type(transport).doWrite(transport)
-            transport.stopWriting()
-            return None
+            return self._idle(transport)
         try:
             if len(queue) == 1:
                 sent = self._send(queue[0])
@@ -211,12 +203,11 @@ class SocketSink(ClientSink):
         unsent = self.unsent - sent
         self.unsent = unsent
         if not unsent:
-            # Interest stays registered: the next event stops it, unless
-            # a new batch was queued meanwhile.
             self._queue = None
-            if self.on_drain is not None:
+            why = self._idle(transport)
+            if why is None and self.on_drain is not None:
                 self._drained()
-            return None
+            return why
         while sent:
             head = queue[0]
             size = len(head)
@@ -225,6 +216,15 @@ class SocketSink(ClientSink):
                 break
             queue.popleft()
             sent -= size
+        return None
+
+    @staticmethod
+    def _idle(transport: Any) -> Any:
+        """Nothing of ours waits: stop watching, or let Twisted finish a close."""
+        if transport.disconnecting or transport._tempDataLen or transport.dataBuffer:
+            # Closing (or written to directly): Twisted's doWrite ends it.
+            return type(transport).doWrite(transport)
+        transport.stopWriting()
         return None
 
 

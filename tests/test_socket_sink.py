@@ -184,17 +184,16 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(bytes(peer.socket.received), b"aaaabbbbccccdd")
         self.assertEqual(peer.sink.unsent, 0)
 
-    def test_write_interest_kept_until_an_idle_event(self) -> None:
-        """A drain keeps write interest; an event with nothing to send drops it."""
+    def test_write_interest_ends_with_the_queue(self) -> None:
+        """The event that drains the queue stops watching for writability."""
         peer = Peer(FakeSocket(room=0))
         peer.sink.send(b"data")
-        peer.socket.room = 100
-        peer.transport.doWrite()
         self.assertTrue(peer.transport.watched)
-        # A batch in between goes straight out, with no epoll change.
-        self.assertEqual(peer.sink.send(b"more"), 0)
+        peer.socket.room = 100
         self.assertIsNone(peer.transport.doWrite())
         self.assertFalse(peer.transport.watched)
+        # The next batch goes straight out again.
+        self.assertEqual(peer.sink.send(b"more"), 0)
         self.assertEqual(bytes(peer.socket.received), b"datamore")
 
     def test_long_queue_sent_in_slices(self) -> None:
@@ -250,9 +249,8 @@ class CloseTests(SynchronousTestCase):
         peer.socket.room = 4
         self.assertIsNone(peer.transport.doWrite())
         peer.socket.room = 100
-        self.assertIsNone(peer.transport.doWrite())
-        self.assertEqual(bytes(peer.socket.received), b"last words")
         self.assertIs(peer.transport.doWrite(), main.CONNECTION_DONE)
+        self.assertEqual(bytes(peer.socket.received), b"last words")
 
     def test_detach_forgets_the_queue(self) -> None:
         """Once the connection is gone, the queue and the transport hook go."""
