@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +57,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def py_spy() -> str:
+    """py-spy beside this Python (a venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,7 +137,7 @@ class Server:
         pid = self.process.pid
         if self.args.py_spy:
             self.spy = subprocess.Popen(
-                ["py-spy", "record", "-r", "200", "-f", "raw"]
+                [py_spy(), "record", "-r", "200", "-f", "raw"]
                 + ["-o", self.args.py_spy, "--pid", str(pid)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
