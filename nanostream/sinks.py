@@ -1,26 +1,34 @@
 """The per-client writers: how the broadcaster's bytes reach one connection.
 
-Each client's sink knows, through Twisted's producer signals, how many of
-our bytes its transport still holds (see :class:`SocketSink` for plain
-sockets, :class:`ClientSink` for the rest).  The broadcaster drops a client
-whose backlog passes ``--max-buffer-bytes``; a replay waits for the sink to
-drain (:attr:`ClientSink.on_drain`) before it writes more.
+Each client's sink knows how many of our bytes still wait for its socket:
+a plain socket's :class:`SocketSink` queues them itself, the generic
+:class:`ClientSink` (TLS) learns it from Twisted's producer signals.  The
+broadcaster drops a client whose backlog passes ``--max-buffer-bytes``; a
+replay waits for the sink to drain (:attr:`ClientSink.on_drain`) before it
+writes more.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any, Protocol
 
+from twisted.internet import main
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import (
     IConsumer,
-    IPullProducer,
     IPushProducer,
     ISSLTransport,
     ISystemHandle,
 )
 from zope.interface import implementer
+
+#: The most buffers one ``sendmsg`` takes.
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
 class Client(Protocol):
@@ -83,6 +91,9 @@ class ClientSink:
             self.unsent += len(data)
         return self.unsent
 
+    def detach(self) -> None:
+        """The connection is gone; the transport forgets its producer itself."""
+
     def pauseProducing(self) -> None:
         self.paused = True
 
@@ -96,70 +107,125 @@ class ClientSink:
         self.paused = True
 
 
-@implementer(IPullProducer)
 class SocketSink(ClientSink):
-    """A client on a plain socket: the fast path.
+    """A client on a plain socket: the fast path, also when it reads slowly.
 
-    While the transport holds none of our bytes we hand each batch straight
-    to the kernel with one ``send``; Twisted's buffer (and its pair of epoll
-    calls per write) only takes what the kernel would not.  As a *pull*
-    producer the sink hears ``resumeProducing`` exactly when that buffer has
-    drained, so ``unsent`` is the transport's true backlog and ordering is
-    kept: nothing bypasses bytes already queued.  Every write of the
-    connection, Autobahn's pings and close frames included, must go
+    While nothing is queued a batch goes straight to the kernel with one
+    ``send``.  What the kernel refuses waits in a queue of references to
+    the broadcaster's batches (a view on the unsent tail of the first), so
+    the bytes of a batch exist once however many clients are behind; the
+    queue then goes out with one ``sendmsg`` per writable event.
+
+    The sink becomes the transport's ``doWrite``: the reactor calls it
+    directly when the socket is writable, once per event, and write
+    interest ends with the queue (keeping it for one more event measured
+    slower: docs/performance.rst, "Profiles").  Every write of
+    the connection, Autobahn's pings and close frames included, must go
     through :meth:`send` once the sink exists.
     """
 
-    __slots__ = ("socket_send",)
+    __slots__ = ("_transport", "_socket", "_send", "_queue")
 
-    streaming = False
-
-    def __init__(
-        self,
-        transport_write: Callable[[bytes], None],
-        socket_send: Callable[[bytes], int],
-        client: Client,
-    ) -> None:
-        super().__init__(transport_write, client)
-        self.socket_send = socket_send
-        # The handshake response may still sit in the transport's buffer;
-        # queue behind it until the transport reports a drain.
-        self.unsent = 1
+    def __init__(self, transport: Any, sock: socket.socket, client: Client) -> None:
+        super().__init__(transport.write, client)
+        self._transport = transport
+        self._socket = sock
+        self._send = sock.send
+        self._queue: deque[bytes | memoryview] | None = None
 
     def attach(self, consumer: IConsumer) -> None:
-        """Register, and still queue until the transport reports a drain.
+        """Take over the transport's writes, behind what it still holds.
 
-        Twisted resumes a pull producer the moment it is registered, while
-        the handshake response still waits in the transport's buffer; taken
-        for a drain, that call would let lines overtake the response.
+        The handshake response is still in the transport's buffer when the
+        connection opens; it moves to the head of the queue (the transport
+        is already waiting for the socket to be writable).
         """
-        consumer.registerProducer(self, self.streaming)
-        self.unsent = 1
+        transport: Any = consumer
+        held = transport.dataBuffer[transport.offset :] + b"".join(
+            transport._tempDataBuffer
+        )
+        transport.dataBuffer = b""
+        transport.offset = 0
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0
+        transport.doWrite = self.doWrite
+        if held:
+            self._queue = deque([held])
+            self.unsent = len(held)
+            transport.startWriting()
+
+    def detach(self) -> None:
+        """The connection is gone: forget the queue and give doWrite back."""
+        self._queue = None
+        self.unsent = 0
+        self._transport.__dict__.pop("doWrite", None)
 
     def send(self, data: bytes) -> int:
-        if self.unsent:
-            self.transport_write(data)
+        queue = self._queue
+        if queue is not None:
+            queue.append(data)
             self.unsent += len(data)
             return self.unsent
         try:
-            sent = self.socket_send(data)
+            sent = self._send(data)
         except OSError:
-            # Full (EAGAIN) or broken: the transport queues the bytes and,
-            # if the connection is gone, finds out and closes it properly.
+            # Full (EAGAIN), or broken: the next writable event finds out.
             sent = 0
-        if sent < len(data):
-            rest = data[sent:]
-            self.transport_write(rest)
-            self.unsent = len(rest)
+        size = len(data)
+        if sent < size:
+            self._queue = deque([memoryview(data)[sent:] if sent else data])
+            self.unsent = size - sent
+            if self._transport.connected:
+                self._transport.startWriting()
         return self.unsent
 
-    def resumeProducing(self) -> None:
-        self.unsent = 0
-        if self.on_drain is not None:
-            self._drained()
+    def doWrite(self) -> Any:
+        """The socket is writable: send the queue, or stop watching for this.
 
-    def stopProducing(self) -> None:
-        self.unsent = 1
+        Returns what Twisted's ``doWrite`` would: None, or why the
+        connection is lost.
+        """
+        queue = self._queue
+        transport = self._transport
+        if queue is None:
+            return self._idle(transport)
+        try:
+            if len(queue) == 1:
+                sent = self._send(queue[0])
+            elif len(queue) <= _IOV_MAX:
+                sent = self._socket.sendmsg(queue)
+            else:
+                sent = self._socket.sendmsg(list(islice(queue, _IOV_MAX)))
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        unsent = self.unsent - sent
+        self.unsent = unsent
+        if not unsent:
+            self._queue = None
+            why = self._idle(transport)
+            if why is None and self.on_drain is not None:
+                self._drained()
+            return why
+        while sent:
+            head = queue[0]
+            size = len(head)
+            if sent < size:
+                queue[0] = memoryview(head)[sent:]
+                break
+            queue.popleft()
+            sent -= size
+        return None
+
+    @staticmethod
+    def _idle(transport: Any) -> Any:
+        """Nothing of ours waits: stop watching, or let Twisted finish a close."""
+        if transport.disconnecting or transport._tempDataLen or transport.dataBuffer:
+            # Closing (or written to directly): Twisted's doWrite ends it.
+            return type(transport).doWrite(transport)
+        transport.stopWriting()
+        return None
 
 
 def sink_for(transport: Any, client: Client) -> ClientSink:
@@ -167,9 +233,51 @@ def sink_for(transport: Any, client: Client) -> ClientSink:
 
     TLS connections must go through their transport, which encrypts.
     """
-    write = transport.write
-    if not ISSLTransport.providedBy(transport) and ISystemHandle.providedBy(transport):
+    if _has_socket(transport):
         handle = transport.getHandle()
         if isinstance(handle, socket.socket):
-            return SocketSink(write, handle.send, client)
-    return ClientSink(write, client)
+            return SocketSink(transport, handle, client)
+    return ClientSink(transport.write, client)
+
+
+def write_now(transport: Any, data: bytes) -> bool:
+    """Write ``data`` to a plain socket at once; False if the transport must.
+
+    Before a connection opens (the handshake response, a refusal), this
+    spares the transport's buffer a write-interest change and a writable
+    event for bytes the kernel takes at once.  Only while the transport
+    holds nothing, so nothing is overtaken; what the kernel refuses goes to
+    the transport.
+    """
+    if (
+        not _has_socket(transport)
+        or not transport.connected
+        or transport.disconnecting
+        or transport.dataBuffer
+        or transport._tempDataLen
+    ):
+        return False
+    handle = transport.getHandle()
+    if not isinstance(handle, socket.socket):
+        return False
+    try:
+        sent = handle.send(data)
+    except OSError:
+        # Full, or broken: the transport finds out and closes properly.
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True
+
+
+def _has_socket(transport: object) -> bool:
+    """Whether ``transport`` writes to a socket of its own without encrypting.
+
+    Only Twisted's own socket transports qualify: the sink takes over their
+    buffer and their ``doWrite``.
+    """
+    return (
+        isinstance(transport, FileDescriptor)
+        and not ISSLTransport.providedBy(transport)
+        and bool(ISystemHandle.providedBy(transport))
+    )

@@ -11,7 +11,6 @@ Whatever a client sends is read and discarded.
 from __future__ import annotations
 
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
 
 import txaio
 from autobahn.twisted.websocket import (
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 
 from nanostream.auth.admission import Admission, Refused
 from nanostream.auth.pacing import HandshakePacer
+from nanostream.auth.query import query_values
 from nanostream.autobahn_overrides import (
     HandshakeBounds,
     ReactorTimer,
@@ -37,7 +37,7 @@ from nanostream.autobahn_overrides import (
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
 from nanostream.ops.levels import logged
-from nanostream.sinks import ClientSink, sink_for
+from nanostream.sinks import ClientSink, sink_for, write_now
 
 _log = Logger()
 
@@ -186,12 +186,14 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
 
         The sink may write straight to the socket, so every write of an open
         connection must pass through it to keep the byte stream in order.
+        Before that, the handshake's response goes straight to a plain
+        socket when the kernel takes it (see :func:`write_now`).
         """
         sink = self._sink
-        if sink is None or sync or chopsize:
-            super().sendData(data, sync, chopsize)
-        else:
+        if sink is not None:
             sink.send(data)
+        elif sync or chopsize or self.send_queue or not write_now(self.transport, data):
+            super().sendData(data, sync, chopsize)
 
     def sendCloseFrame(
         self,
@@ -226,7 +228,11 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
             )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        sink = self._sink
         super().connectionLost(reason)
+        if sink is not None:
+            # The sink and the transport refer to each other until now.
+            sink.detach()
         # Autobahn resolves is_closed with the protocol itself, a reference
         # cycle: every closed connection would keep its memory until one of
         # the garbage collector's rare full passes.  Nothing reads it now.
@@ -258,15 +264,6 @@ def _released(result: object, tracker: ClientTracker) -> object:
     """Give back the place a handshake held while its ledger decided."""
     tracker.release()
     return result
-
-
-def query_values(uri: str) -> dict[str, list[str]]:
-    """Every value of every query parameter, empty ones included.
-
-    Autobahn's ``request.params`` drops empty values, so ``?t=&t=TOKEN``
-    would pass for one token where exactly one is required.
-    """
-    return parse_qs(urlsplit(uri).query, keep_blank_values=True)
 
 
 class NanostreamServerFactory(WebSocketServerFactory):

@@ -42,8 +42,8 @@ from test_limits import REQUEST_HEADERS, LimitsTestCase, request
 from test_websocket import NOW, SECRET, rendered
 
 from nanostream.auth import reasons
+from nanostream.auth.query import query_values
 from nanostream.auth.tokens import TokenRejected, TokenVerifier
-from nanostream.websocket import query_values
 
 ATTACKER_KEY = b"an attacker's own HMAC key, as long as a good one: 0123456789abcdef"
 ALLOWED = ("https://app.example.com", "https://*.example.org")

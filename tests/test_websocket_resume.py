@@ -14,6 +14,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from test_broadcast import parse_frames
+from test_socket_sink import FakeSocket, Peer
 from test_websocket import (
     _CLIENT_TIMERS_OFF,
     ALLOWED_ORIGIN,
@@ -39,7 +40,6 @@ from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
 from nanostream.resume.history import History
-from nanostream.sinks import SocketSink
 from nanostream.websocket import NanostreamServerFactory
 
 V1 = "nanostream.v1"
@@ -447,55 +447,33 @@ class SourceGapTests(ResumeTestCase):
         self.assertEqual(raw.client.messages, text(b"after"))
 
 
-class RecordedConnection:
-    """What a plain-socket sink writes, to the kernel or to the transport."""
-
-    def __init__(self) -> None:
-        self.queued: list[bytes] = []
-        self.sent: list[bytes] = []
-        self.dropped: list[int] = []
-
-    def socket_send(self, data: bytes) -> int:
-        self.sent.append(data)
-        return len(data)
-
-    def dropSlowConsumer(self, unsent: int) -> None:
-        self.dropped.append(unsent)
-
-    def goAway(self) -> None:
-        raise AssertionError("not expected")
-
-    def closeForGap(self) -> None:
-        raise AssertionError("not expected")
-
-
 class ReplayStartTests(SynchronousTestCase):
     """A replay on a plain socket starts once the handshake response is out."""
 
     def test_backlog_beyond_the_bound_does_not_drop(self) -> None:
         """A resume whose backlog exceeds --max-buffer-bytes is fed, not dropped.
 
-        Until its transport drains, a plain-socket sink queues behind the
-        handshake response and counts what it queues as unsent: a replay
-        chunk written then would make a client that is not slow look slow.
+        Until the handshake response has left, a plain-socket sink queues
+        behind it and counts what it queues as unsent: a replay chunk
+        written then would make a client that is not slow look slow.
         """
         clock = Clock()
         clock.advance(NOW)
         broadcaster = Broadcaster(16 * 1024, clock, History(10_000, 10**7))
         lines = [b"%04d " % n + b"x" * 1995 for n in range(1, 201)]
         broadcaster.broadcast(lines)
-        connection = RecordedConnection()
-        sink = SocketSink(connection.queued.append, connection.socket_send, connection)
-        broadcaster.resume(sink, lid(1))
+        connection = Peer(FakeSocket(), held=b"HTTP/1.1 101\r\n\r\n")
+        broadcaster.resume(connection.sink, lid(1))
         clock.advance(0)
         self.assertEqual(connection.dropped, [])
-        # The handshake response has left: the transport reports a drain.
-        sink.resumeProducing()
+        # The socket is writable: the handshake response leaves.
+        connection.transport.doWrite()
         for _ in range(100):
             clock.advance(0)
+            connection.transport.doWrite()
         self.assertEqual(connection.dropped, [])
-        # What was queued went out before what was sent after the drain.
-        delivered = b"".join(connection.queued + connection.sent)
+        head, _, delivered = bytes(connection.socket.received).partition(b"\r\n\r\n")
+        self.assertEqual(head, b"HTTP/1.1 101")
         self.assertEqual(
             [payload for _, payload in parse_frames(delivered)],
             [lid(n) + b" " + lines[n - 1] for n in range(2, 201)] + [b"!live"],
