@@ -39,21 +39,22 @@ class CachedClassicText:
     def __init__(self, original: Formatter, templates: Iterable[str]) -> None:
         self.original = original
         self.templates = frozenset(templates)
-        self._second: int | None = None
-        self._stamp = ""
+        # One attribute, so a thread that logs never pairs a second with
+        # another second's stamp.
+        self._cached: tuple[int, str] | None = None
 
     def stamp(self, when: float) -> str | None:
         """The time stamp ``original`` writes for ``when``, once per second."""
         second = int(when)
-        if second != self._second:
-            text = self.original(
-                {"log_time": when, "log_format": "-", "log_system": "-"}
-            )
-            if not text or not text.endswith(_PROBE_SUFFIX):
-                return None
-            self._stamp = text[: -len(_PROBE_SUFFIX)]
-            self._second = second
-        return self._stamp
+        cached = self._cached
+        if cached is not None and cached[0] == second:
+            return cached[1]
+        text = self.original({"log_time": when, "log_format": "-", "log_system": "-"})
+        if not text or not text.endswith(_PROBE_SUFFIX):
+            return None
+        stamp = text[: -len(_PROBE_SUFFIX)]
+        self._cached = (second, stamp)
+        return stamp
 
     def __call__(self, event: LogEvent) -> str | None:
         template = event.get("log_format")
@@ -126,6 +127,6 @@ def speed_up(observer: Any, templates: Iterable[str] = PER_CONNECTION) -> bool:
         expected = original(sample)
         if expected is None or fast.fast(sample, sample["log_format"]) != expected:
             return False
-    fast._second = None
+    fast._cached = None
     target.formatEvent = fast
     return True
