@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from unittest import SkipTest
 
+from redis_server import RedisClient, RedisError, RedisServer
 from twisted.trial.unittest import SynchronousTestCase
-
-from tests.redis_server import RedisClient, RedisError, RedisServer
 
 SLOTS = 16384
 BUS_OFFSET = 10000

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from redis_cluster import private_cluster
+from redis_server import RedisError
 from twisted.trial.unittest import SynchronousTestCase
-
-from tests.redis_cluster import private_cluster
-from tests.redis_server import RedisError
 
 
 class ClusterHarnessTests(SynchronousTestCase):

@@ -1,0 +1,116 @@
+"""Real ``twistd -n nanostream`` nodes against a real Redis Cluster of three masters.
+
+Each node is given a URL naming one member (not always the master of the
+key it uses), so that it must learn the slot map and follow ``MOVED``.  The
+cluster comes from :mod:`redis_cluster` and is the test's own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+from redis.cluster import RedisCluster
+from redis_cluster import Cluster, private_cluster
+from redis_server import unique
+
+from .harness import (
+    START_TIMEOUT,
+    Nanostream,
+    ServiceTestCase,
+    new_secret,
+    receive,
+    split_id,
+)
+
+PUBLISH_TIMEOUT = 60.0
+
+
+def cluster_client(cluster: Cluster) -> Any:
+    """The test's own client of ``cluster``, for writing and checking."""
+    node = cluster.nodes[0]
+    return RedisCluster(host="127.0.0.1", port=node.port, protocol=2)
+
+
+class ClusterTestCase(ServiceTestCase):
+    masters = 3
+    replicas = 0
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cluster = private_cluster(self, self.masters, self.replicas)
+        self.redis = cluster_client(self.cluster)
+        self.addCleanup(self.redis.close)
+        self.secret = new_secret()
+        (self.directory / "secret").write_text(self.secret + "\n")
+        self.key = unique("stream")
+        self.channel = unique("channel")
+        self.prefix = unique("used") + ":"
+
+    def other_member(self, key: str) -> int:
+        """A node that does not serve ``key``: a node given it must follow MOVED."""
+        owner = self.cluster.master_of(key)
+        return next(i for i, n in enumerate(self.cluster.nodes) if n is not owner)
+
+    def node(
+        self, source: str, *, ledger: str | None = None, member: int | None = None
+    ) -> Nanostream:
+        """A node with the given ``--source`` query (``?stream=`` or ``?channel=``)."""
+        index = self.other_member(self.key) if member is None else member
+        args = [
+            "--secret-file", "secret",
+            "--listen", "tcp:0:interface=127.0.0.1",
+            "--source", self.cluster.url(index, source),
+            "--handshake-timeout", "60",
+        ]  # fmt: skip
+        if ledger is not None:
+            args += ["--ledger", self.cluster.url(index), "--ledger-prefix", ledger]
+        node = Nanostream(
+            self.directory, args, secret=self.secret, listeners=1, endpoint_source=False
+        )
+        self.addCleanup(node.assert_clean_log)
+        self.addCleanup(self._show_log, node)
+        self.addCleanup(node.stop)
+        return node
+
+    def stream_node(self, **kwargs: Any) -> Nanostream:
+        node = self.node(f"?stream={self.key}", **kwargs)
+        node.log.wait_for("reading Redis stream", timeout=START_TIMEOUT)
+        return node
+
+    def xadd(self, *lines: str) -> list[str]:
+        return [self.redis.xadd(self.key, {"line": line}).decode() for line in lines]
+
+    def publish(self, query: str, *lines: str, member: int = 0) -> None:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "nanostream.cli.publish",
+                self.cluster.url(member, query),
+            ],
+            input="".join(line + "\n" for line in lines).encode(),
+            capture_output=True,
+            timeout=PUBLISH_TIMEOUT,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+
+class ClusterStreamTests(ClusterTestCase):
+    def test_lines_across_nodes_and_resume(self) -> None:
+        """Two nodes on a Cluster stream send its entry ids; a third resumes from it."""
+        a = self.stream_node()
+        b = self.stream_node(member=2)
+        clients = [node.connect_v1(node.mint()) for node in (a, b)]
+        ids = self.xadd("one", "two", "three")
+        for client in clients:
+            got = [split_id(m) for m in receive(client, 3)]
+            self.assertEqual(got, list(zip(ids, ["one", "two", "three"], strict=True)))
+        # A node started after the lines has none in its history: the
+        # resume comes from the stream itself.
+        c = self.stream_node(member=1)
+        resumed = c.connect_v1(c.mint(), since=ids[0])
+        self.assertEqual(
+            receive(resumed, 3), [f"{ids[1]} two", f"{ids[2]} three", "!live"]
+        )
+        [later] = self.xadd("four")
+        self.assertEqual(receive(resumed, 1), [f"{later} four"])
