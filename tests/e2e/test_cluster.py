@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from typing import Any
 
 from redis.cluster import RedisCluster
@@ -114,3 +115,31 @@ class ClusterStreamTests(ClusterTestCase):
         )
         [later] = self.xadd("four")
         self.assertEqual(receive(resumed, 1), [f"{later} four"])
+
+
+class ClusterPublishTests(ClusterTestCase):
+    def test_publish_to_a_stream(self) -> None:
+        """``nanostream publish`` given any member appends to the Cluster's stream."""
+        a = self.stream_node()
+        client = a.connect(a.mint())
+        self.publish(
+            f"?stream={self.key}", "α", "β", member=self.other_member(self.key)
+        )
+        self.assertEqual(receive(client, 2), ["α", "β"])
+        self.assertEqual(self.redis.xlen(self.key), 2)
+
+    def test_publish_to_a_sharded_channel(self) -> None:
+        """On a Cluster a channel is published with SPUBLISH, to its shard."""
+        pubsub = self.redis.pubsub()
+        self.addCleanup(pubsub.close)
+        pubsub.ssubscribe(self.channel)
+        self.publish(f"?channel={self.channel}", "one", "two", member=2)
+        got = []
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(got) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_sharded_message(
+                ignore_subscribe_messages=True, timeout=1.0
+            )
+            if message is not None:
+                got.append(message["data"])
+        self.assertEqual(got, [b"one", b"two"])
