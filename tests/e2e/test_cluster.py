@@ -143,3 +143,28 @@ class ClusterPublishTests(ClusterTestCase):
             if message is not None:
                 got.append(message["data"])
         self.assertEqual(got, [b"one", b"two"])
+
+
+class ClusterLedgerTests(ClusterTestCase):
+    def ledger_node(self, member: int) -> Nanostream:
+        node = self.node(f"?stream={self.key}", ledger=self.prefix, member=member)
+        node.log.wait_for("ledger connected to Redis Cluster", timeout=START_TIMEOUT)
+        return node
+
+    def test_token_used_on_one_node_refused_on_another(self) -> None:
+        """Tokens used on a node given one member are refused by one given another."""
+        a, b = self.ledger_node(0), self.ledger_node(1)
+        tokens = [a.mint() for _ in range(8)]
+        for token in tokens:
+            a.connect(token)
+        for token in tokens:
+            mark = b.log.mark()
+            self.assertEqual(b.refuse(token).status, 401)
+            b.log.wait_for(r"token already used", after=mark)
+        b.connect(b.mint())
+        # The keys are spread over the masters, each in its token's slot.
+        owners = {
+            self.cluster.master_of(key.decode()).port
+            for key in self.redis.scan_iter(match=f"{self.prefix}*", target_nodes="all")
+        }
+        self.assertGreater(len(owners), 1)
