@@ -133,9 +133,9 @@ def line_source(
         broadcaster.archive = stream
         return stream
     if target is not None:
-        from nanostream.sources.redis_channel import RedisSource
+        from nanostream.sources.redis_pubsub import RedisChannelSource
 
-        return RedisSource(broadcaster, max_line, target, reactor, status=status)
+        return RedisChannelSource(broadcaster, max_line, target, reactor, status=status)
     sources = LineSourceFactory(broadcaster, max_line, status)
     return announced_service(source, sources, "source", reactor)
 

@@ -16,7 +16,7 @@ from nanostream.auth.redis_ledger import RedisLedger
 from nanostream.ops.health import Readiness
 from nanostream.redis.url import RedisTarget
 from nanostream.sources import SourceStatus
-from nanostream.sources.redis_channel import RedisSource
+from nanostream.sources.redis_pubsub import RedisChannelSource
 from nanostream.tap import ServiceOptions, makeService
 
 KEY = "redis-options-test-secret-0123456789abcdef"
@@ -135,14 +135,16 @@ class RedisOptionsTests(SynchronousTestCase):
         top = makeService(options, MemoryReactorClock())
         assert IServiceCollection.providedBy(top)
         kinds = {type(service) for service in top}
-        self.assertIn(RedisSource, kinds)
+        self.assertIn(RedisChannelSource, kinds)
         self.assertIn(RedisURLLedger, kinds)
 
     def test_memory_ledger_by_default(self) -> None:
         """Without --ledger no Redis service is made: one node needs no Redis."""
         options = self.parse(["--listen", "tcp:0", "--source", "tcp:0"])
         top = makeService(options, MemoryReactorClock())
-        self.assertFalse(any(isinstance(s, (RedisSource, RedisURLLedger)) for s in top))
+        self.assertFalse(
+            any(isinstance(s, (RedisChannelSource, RedisURLLedger)) for s in top)
+        )
 
 
 class LedgerReadinessTests(SynchronousTestCase):

@@ -168,3 +168,15 @@ class ClusterLedgerTests(ClusterTestCase):
             for key in self.redis.scan_iter(match=f"{self.prefix}*", target_nodes="all")
         }
         self.assertGreater(len(owners), 1)
+
+
+class ClusterChannelTests(ClusterTestCase):
+    def test_sharded_channel_across_nodes(self) -> None:
+        """Nodes given different members read a sharded channel; publish feeds both."""
+        nodes = [self.node(f"?channel={self.channel}", member=m) for m in (0, 1)]
+        for node in nodes:
+            node.log.wait_for(r"subscribed to Redis channel .* \(sharded\)")
+        clients = [node.connect(node.mint()) for node in nodes]
+        self.publish(f"?channel={self.channel}", "one", "é two", "three", member=2)
+        for client in clients:
+            self.assertEqual(receive(client, 3), ["one", "é two", "three"])
