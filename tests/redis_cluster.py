@@ -172,6 +172,24 @@ class Cluster:
     def replica_of(self, master: ClusterNode) -> ClusterNode:
         return self.replicas[self.masters.index(master)][0]
 
+    def wait_replicated(self) -> None:
+        """Until every replica has applied everything its master has written."""
+
+        def caught_up() -> bool:
+            for master, group in zip(self.masters, self.replicas, strict=True):
+                if master.process is None:
+                    continue
+                with RedisClient(master.target) as client:
+                    written = int(client.info("replication")["master_repl_offset"])
+                for replica in group:
+                    with RedisClient(replica.target) as client:
+                        info = client.info("replication")
+                    if int(info.get("slave_repl_offset", -1)) < written:
+                        return False
+            return True
+
+        self._wait(caught_up)
+
     def kill_master(self, master: ClusterNode) -> ClusterNode:
         """SIGKILL ``master``; wait until its replica serves its slots; the replica."""
         replica = self.replica_of(master)

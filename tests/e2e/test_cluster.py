@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisError
 from redis_cluster import Cluster, private_cluster
 from redis_server import unique
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .harness import (
     START_TIMEOUT,
@@ -180,3 +182,102 @@ class ClusterChannelTests(ClusterTestCase):
         self.publish(f"?channel={self.channel}", "one", "é two", "three", member=2)
         for client in clients:
             self.assertEqual(receive(client, 3), ["one", "é two", "three"])
+
+
+class ClusterFailoverTests(ClusterTestCase):
+    replicas = 1
+
+    def refused(self, node: Nanostream, token: str) -> int:
+        """The status of a refused handshake once the ledger answers (not 503)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        status = node.refuse(token).status
+        while status == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = node.refuse(token).status
+        return status
+
+    def admitted(self, node: Nanostream) -> None:
+        """A fresh token is admitted once the ledger answers again."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                node.connect(node.mint())
+                return
+            except InvalidStatus as e:
+                if e.response.status_code != 503 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def xadd_retrying(self, line: str) -> str:
+        """XADD from the test's client, riding over the failover."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                [entry] = self.xadd(line)
+                return entry
+            except RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def test_master_killed(self) -> None:
+        """The stream's master dies: lines go on from where they were; reuse refused."""
+        master = self.cluster.master_of(self.key)
+        # Node b is given the doomed master itself, node a a replica.
+        a = self.node(f"?stream={self.key}", ledger=self.prefix, member=3)
+        b = self.node(
+            f"?stream={self.key}",
+            ledger=self.prefix,
+            member=self.cluster.nodes.index(master),
+        )
+        for node in (a, b):
+            node.log.wait_for("reading Redis stream", timeout=START_TIMEOUT)
+            node.log.wait_for("ledger connected to Redis Cluster")
+        used = [a.mint() for _ in range(6)]
+        for token in used:
+            a.connect(token)
+        clients = [node.connect_v1(node.mint()) for node in (a, b)]
+        before = self.xadd("one", "two")
+        for client in clients:
+            self.assertEqual(
+                receive(client, 2), [f"{before[0]} one", f"{before[1]} two"]
+            )
+        self.cluster.wait_replicated()
+
+        self.cluster.kill_master(master)
+        after = [self.xadd_retrying(line) for line in ("three", "four")]
+        for client in clients:
+            # Exactly the next lines: no gap, nothing repeated.
+            self.assertEqual(
+                receive(client, 2), [f"{after[0]} three", f"{after[1]} four"]
+            )
+        for node in (a, b):
+            for token in used:
+                self.assertEqual(self.refused(node, token), 401)
+            self.admitted(node)
+        resumed = b.connect_v1(b.mint(), since=before[0])
+        self.assertEqual(
+            receive(resumed, 4),
+            [f"{before[1]} two", f"{after[0]} three", f"{after[1]} four", "!live"],
+        )
+
+    def test_sharded_channel_master_killed(self) -> None:
+        """The channel's master dies: the node subscribes anew, tells the gap."""
+        master = self.cluster.master_of(self.channel)
+        node = self.node(
+            f"?channel={self.channel}", member=self.cluster.nodes.index(master)
+        )
+        node.log.wait_for(r"subscribed to Redis channel .* \(sharded\)")
+        client = node.connect(node.mint())
+        self.publish(f"?channel={self.channel}", "before")
+        self.assertEqual(receive(client, 1), ["before"])
+        mark = node.log.mark()
+        replica = self.cluster.kill_master(master)
+        node.log.wait_for("Redis source recovered", after=mark, timeout=START_TIMEOUT)
+        # A raw client that may have missed lines is closed, not kept.
+        with self.assertRaises(ConnectionClosed):
+            client.recv(timeout=START_TIMEOUT)
+        client = node.connect(node.mint())
+        member = self.cluster.nodes.index(replica)
+        self.publish(f"?channel={self.channel}", "after", member=member)
+        self.assertEqual(receive(client, 1), ["after"])
