@@ -22,6 +22,7 @@ class FakeCluster:
     def __init__(self) -> None:
         self.keys: dict[bytes, int] = {}
         self.down = False
+        self.pipelines = 0
 
     def set(self, key: bytes, value: bytes, nx: bool, pxat: int) -> bool | None:
         if self.down:
@@ -31,8 +32,30 @@ class FakeCluster:
         self.keys[key] = pxat
         return True
 
+    def pipeline(self, transaction: bool = False) -> FakePipeline:
+        return FakePipeline(self)
+
     def close(self) -> None:
         pass
+
+
+class FakePipeline:
+    def __init__(self, client: FakeCluster) -> None:
+        self.client = client
+        self.calls: list[tuple[bytes, int]] = []
+
+    def set(self, key: bytes, value: bytes, nx: bool, pxat: int) -> None:
+        self.calls.append((key, pxat))
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self.client.pipelines += 1
+        replies: list[Any] = []
+        for key, pxat in self.calls:
+            try:
+                replies.append(self.client.set(key, b"1", nx=True, pxat=pxat))
+            except ConnectionError as e:
+                replies.append(e)
+        return replies
 
 
 class ClusterLedgerTests(SynchronousTestCase):
@@ -61,11 +84,24 @@ class ClusterLedgerTests(SynchronousTestCase):
         """The first consume sets the key, with its expiry; the second finds it."""
         self.ledger.startService()
         self.assertTrue(verifyObject(ILedger, self.ledger))
-        self.assertIs(
-            self.successResultOf(self.ledger.consume(b"\x01\x02", 60.0001)), True
-        )
-        self.assertIs(self.successResultOf(self.ledger.consume(b"\x01\x02", 60)), False)
+        first = self.ledger.consume(b"\x01\x02", 60.0001)
+        self.clock.advance(0)
+        self.assertIs(self.successResultOf(first), True)
+        again = self.ledger.consume(b"\x01\x02", 60)
+        self.clock.advance(0)
+        self.assertIs(self.successResultOf(again), False)
         self.assertEqual(self.client.keys, {b"used:{0102}": 60001})
+
+    def test_one_pipeline_per_turn(self) -> None:
+        """The tokens of one reactor turn share one pipeline; each gets its answer."""
+        self.ledger.startService()
+        answers = [self.ledger.consume(bytes([i % 3]), 60) for i in range(6)]
+        self.clock.advance(0)
+        self.assertEqual(
+            [self.successResultOf(a) for a in answers],
+            [True, True, True, False, False, False],
+        )
+        self.assertEqual(self.client.pipelines, 1)
 
     def test_key_is_hash_tagged(self) -> None:
         """The key's hash tag is the token's hex: one slot per token."""
@@ -79,7 +115,9 @@ class ClusterLedgerTests(SynchronousTestCase):
         """An error from the Cluster fails the consume: fail closed."""
         self.ledger.startService()
         self.client.down = True
-        failure = self.failureResultOf(self.ledger.consume(b"\x01", 60))
+        answer = self.ledger.consume(b"\x01", 60)
+        self.clock.advance(0)
+        failure = self.failureResultOf(answer)
         self.assertTrue(failure.check(LedgerUnavailable))
         self.assertIn("master gone", failure.getErrorMessage())
 
