@@ -95,8 +95,7 @@ def connect(target: RedisTarget, reply_timeout: float = REPLY_TIMEOUT) -> Any:
             "this Redis is a Cluster member, and a Redis Cluster has only "
             "database 0: use /0 in the URL"
         )
-    client = cluster_client(target, reply_timeout)
-    return client
+    return cluster_client(target, reply_timeout)
 
 
 def disconnect(client: Any) -> None:
@@ -127,13 +126,6 @@ class AnyClient:
         self._reply_timeout = reply_timeout
         self._lock = threading.Lock()
         self.made: Any = None
-
-    @property
-    def cluster(self) -> bool | None:
-        """Whether the server is a Cluster; None until known."""
-        if self.made is None:
-            return None
-        return isinstance(self.made, RedisCluster)
 
     def __getattr__(self, name: str) -> Any:
         client = self.made
