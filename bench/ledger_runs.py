@@ -1,17 +1,22 @@
 """``handshake-ledger``: token-checked handshakes with each used-token ledger.
 
-nanostream alone, in three parts, each in a server process of its own, in
+nanostream alone, in four parts, each in a server process of its own, in
 one run: the in-memory ledger (the default), ``--ledger FILE`` (a new file
 in the run's temporary directory, every token synced to it before its 101,
-one fdatasync per batch) and ``--ledger redis://127.0.0.1:6379/0`` (left
-out, saying why, when no Redis answers there).  Each part is the
+one fdatasync per batch), ``--ledger redis://127.0.0.1:6379/0`` (left
+out, saying why, when no Redis answers there) and ``--ledger`` naming a
+member of a three-master Redis Cluster started for the part (left out,
+saying why, without ``redis-server``).  Each part is the
 ``handshake`` scenario: fresh tokens, connect, 101, close, then the 401
 checks.  The order of the parts rotates with the repetition, so that a
 drift of the machine does not always favour the same one.
 
 The figure is server CPU per handshake with the file over that with
 memory (target: at most 1.25, that is a handshake rate per CPU-second
-within 20% of the memory ledger's); the Redis part is there for scale.
+within 20% of the memory ledger's); the Redis parts are there for scale:
+``cluster_redis_cpu_ratio`` is what a Cluster's ledger (redis-py from a
+thread pool) costs per handshake over a single Redis's (txredisapi in the
+reactor).
 
 ``handshake-quiet`` runs the same handshakes (in-memory ledger) at
 ``--log-level info``, where every connection writes two lines, and at
@@ -26,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import redisfeed
+from redis_cluster import BenchCluster
 from scenarios import Run, run_handshake
 
-PARTS = ("memory", "file", "redis")
+PARTS = ("memory", "file", "redis", "cluster")
 
 
 def _rep(run: Run) -> int:
@@ -68,6 +74,7 @@ def run_ledgers(run: Run) -> dict[str, Any]:
     order = PARTS[shift:] + PARTS[:shift]
     redis_problem = redisfeed.reachable()
     ledger_file = run.ctx.workdir / f"used-tokens-{run.tag}"
+    cluster_problem = None
     parts: dict[str, dict[str, Any]] = {}
     for part in order:
         extra: tuple[str, ...] = ()
@@ -77,9 +84,25 @@ def run_ledgers(run: Run) -> dict[str, Any]:
             if redis_problem:
                 continue
             extra = ("--ledger", f"redis://{redisfeed.HOST}:{redisfeed.PORT}/0")
+        elif part == "cluster":
+            cluster = BenchCluster(run.ctx.workdir / f"cluster-{run.tag}")
+            try:
+                cluster.start()
+            except (OSError, RuntimeError) as e:
+                cluster.stop()
+                cluster_problem = str(e)
+                continue
+            try:
+                parts[part] = run_handshake(
+                    run.sub(part), extra=("--ledger", cluster.url)
+                )
+            finally:
+                cluster.stop()
+            continue
         parts[part] = run_handshake(run.sub(part), extra=extra)
     memory, file = parts["memory"], parts["file"]
     redis = parts.get("redis", {})
+    on_cluster = parts.get("cluster", {})
     metrics: dict[str, Any] = {
         "memory_handshakes_per_cpu_s": memory["handshakes_per_cpu_s"],
         "file_handshakes_per_cpu_s": file["handshakes_per_cpu_s"],
@@ -89,6 +112,14 @@ def run_ledgers(run: Run) -> dict[str, Any]:
         "redis_handshakes_per_s": redis.get("handshakes_per_s"),
         "file_memory_cpu_ratio": _ratio(_us(file), _us(memory)),
         "redis_memory_cpu_ratio": _ratio(_us(redis), _us(memory)) if redis else None,
+        "cluster_handshakes_per_cpu_s": on_cluster.get("handshakes_per_cpu_s"),
+        "cluster_handshakes_per_s": on_cluster.get("handshakes_per_s"),
+        "cluster_memory_cpu_ratio": (
+            _ratio(_us(on_cluster), _us(memory)) if on_cluster else None
+        ),
+        "cluster_redis_cpu_ratio": (
+            _ratio(_us(on_cluster), _us(redis)) if on_cluster and redis else None
+        ),
         "ledger_file_bytes": os.path.getsize(ledger_file),
         "ledger_filesystem": filesystem(ledger_file),
         "server_cpu_share": file["server_cpu_share"],
@@ -101,6 +132,8 @@ def run_ledgers(run: Run) -> dict[str, Any]:
         "client": file["client"],
         "parts": parts,
     }
+    if cluster_problem:
+        metrics["cluster_skipped"] = f"no Redis Cluster ({cluster_problem})"
     if redis_problem:
         metrics["redis_skipped"] = (
             f"no Redis at {redisfeed.HOST}:{redisfeed.PORT} ({redis_problem})"

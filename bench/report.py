@@ -71,6 +71,7 @@ COLUMNS.update(
             ("memory_handshakes_per_cpu_s", "memory hs/CPU-s", "{:,.0f}", "higher"),
             ("file_handshakes_per_cpu_s", "file hs/CPU-s", "{:,.0f}", "higher"),
             ("redis_handshakes_per_cpu_s", "Redis hs/CPU-s", "{:,.0f}", "higher"),
+            ("cluster_handshakes_per_cpu_s", "Cluster hs/CPU-s", "{:,.0f}", "higher"),
             ("file_handshakes_per_s", "file hs/s", "{:,.0f}", "higher"),
         ],
         "quiet": [

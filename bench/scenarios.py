@@ -71,7 +71,7 @@ class Scenario:
         if self.kind == "ledger":
             return (
                 f"{self.count} connections, {self.concurrency} in flight, with the"
-                " in-memory, file and Redis ledgers"
+                " in-memory, file, Redis and Redis Cluster ledgers"
             )
         if self.kind == "quiet":
             return (

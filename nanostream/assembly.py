@@ -63,9 +63,9 @@ def gate(options: Options, reactor: Any) -> Server:
     """The WebSocket server behind its gate, with the ledger the options name."""
     ledger: ILedger | None = None
     if options["key"] is not None and options.get("redis-ledger") is not None:
-        from nanostream.auth.redis_ledger import RedisLedger
+        from nanostream.auth.cluster_ledger import RedisURLLedger
 
-        ledger = RedisLedger(
+        ledger = RedisURLLedger(
             options["redis-ledger"],
             reactor,
             prefix=options["ledger-prefix"],
@@ -133,9 +133,9 @@ def line_source(
         broadcaster.archive = stream
         return stream
     if target is not None:
-        from nanostream.sources.redis_channel import RedisSource
+        from nanostream.sources.redis_pubsub import RedisChannelSource
 
-        return RedisSource(broadcaster, max_line, target, reactor, status=status)
+        return RedisChannelSource(broadcaster, max_line, target, reactor, status=status)
     sources = LineSourceFactory(broadcaster, max_line, status)
     return announced_service(source, sources, "source", reactor)
 

@@ -56,6 +56,17 @@ def _non_empty(option: str) -> Callable[[str], str]:
     return convert
 
 
+def _ledger_prefix(text: str) -> str:
+    """Not empty, and without braces: a Cluster key's hash tag is its token's."""
+    text = _non_empty("--ledger-prefix")(text)
+    if "{" in text or "}" in text:
+        raise usage.UsageError(
+            "--ledger-prefix must not hold { or }: on a Redis Cluster each "
+            "token's key carries a hash tag of its own"
+        )
+    return text
+
+
 def _number(
     kind: Callable[[str], Any],
     name: str,
@@ -99,7 +110,7 @@ class ServiceOptions(usage.Options):
         ["ledger", None, None, "Keep used tokens in a file, so that a restart "
          "forgets none: PATH; or in Redis, shared by a fleet: redis://HOST:PORT/DB"],
         ["ledger-prefix", None, "nanostream:used:", "Key prefix of the Redis ledger",
-         _non_empty("--ledger-prefix")],
+         _ledger_prefix],
         _number(float, "ledger-timeout", 0.5, 0, above=True, doc="Seconds to wait "
                 "for the Redis ledger before refusing with 503"),
         ["redis-password-file", None, None,

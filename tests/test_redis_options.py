@@ -10,12 +10,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanostream.auth.cluster_ledger import RedisURLLedger
 from nanostream.auth.ledger import MemoryLedger
 from nanostream.auth.redis_ledger import RedisLedger
 from nanostream.ops.health import Readiness
 from nanostream.redis.url import RedisTarget
 from nanostream.sources import SourceStatus
-from nanostream.sources.redis_channel import RedisSource
+from nanostream.sources.redis_pubsub import RedisChannelSource
 from nanostream.tap import ServiceOptions, makeService
 
 KEY = "redis-options-test-secret-0123456789abcdef"
@@ -81,6 +82,13 @@ class RedisOptionsTests(SynchronousTestCase):
             (options["ledger-prefix"], options["ledger-timeout"]), ("x:", 0.2)
         )
 
+    def test_ledger_prefix_without_braces(self) -> None:
+        """A prefix with a hash tag would put every token in one Cluster slot."""
+        message = self.usage_error(
+            ["--ledger", "redis://h/0", "--ledger-prefix", "{a}:"]
+        )
+        self.assertIn("--ledger-prefix must not hold { or }", message)
+
     def test_ledger_with_channel(self) -> None:
         """A ledger URL with a channel is refused: the two options were mixed up."""
         self.assertIn("--ledger: ", self.usage_error(["--ledger", SOURCE]))
@@ -127,14 +135,16 @@ class RedisOptionsTests(SynchronousTestCase):
         top = makeService(options, MemoryReactorClock())
         assert IServiceCollection.providedBy(top)
         kinds = {type(service) for service in top}
-        self.assertIn(RedisSource, kinds)
-        self.assertIn(RedisLedger, kinds)
+        self.assertIn(RedisChannelSource, kinds)
+        self.assertIn(RedisURLLedger, kinds)
 
     def test_memory_ledger_by_default(self) -> None:
         """Without --ledger no Redis service is made: one node needs no Redis."""
         options = self.parse(["--listen", "tcp:0", "--source", "tcp:0"])
         top = makeService(options, MemoryReactorClock())
-        self.assertFalse(any(isinstance(s, (RedisSource, RedisLedger)) for s in top))
+        self.assertFalse(
+            any(isinstance(s, (RedisChannelSource, RedisURLLedger)) for s in top)
+        )
 
 
 class LedgerReadinessTests(SynchronousTestCase):
@@ -143,6 +153,16 @@ class LedgerReadinessTests(SynchronousTestCase):
         status = SourceStatus()
         status.up("reading stdin")
         ledger = RedisLedger(RedisTarget("127.0.0.1"), MemoryReactorClock())
+        problems = Readiness(status, [], ledger).problems()
+        self.assertEqual(
+            problems, ["ledger not connected to Redis: handshakes are refused"]
+        )
+
+    def test_undecided_ledger_is_not_ready(self) -> None:
+        """A Redis URL ledger that has not reached its server yet is not ready."""
+        status = SourceStatus()
+        status.up("reading stdin")
+        ledger = RedisURLLedger(RedisTarget("127.0.0.1"), MemoryReactorClock())
         problems = Readiness(status, [], ledger).problems()
         self.assertEqual(
             problems, ["ledger not connected to Redis: handshakes are refused"]

@@ -2,8 +2,9 @@
 
 ``producer | nanostream publish redis://HOST:PORT/DB?channel=NAME`` feeds
 every node subscribed to the channel; ``...?stream=KEY`` appends to a Redis
-stream instead, which nodes read from where they stopped.  stdin is read and
-split as the service's stdin source does it
+stream instead, which nodes read from where they stopped.  A URL naming a
+Redis Cluster member publishes to the Cluster (a channel with ``SPUBLISH``).
+stdin is read and split as the service's stdin source does it
 (:class:`~nanostream.sources.stream.LineSourceProtocol`), and the lines go
 to a :class:`~nanostream.redis.publisher.Publisher`, whose docstring tells
 what is guaranteed.  Exit 0 once Redis has acknowledged every line after the
@@ -17,7 +18,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from redis.exceptions import RedisError
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -38,6 +41,8 @@ from nanostream.cli.options import (
 )
 from nanostream.numbers import number_option
 from nanostream.redis.client import ClientProtocol, RedisClientFactory, RedisUnavailable
+from nanostream.redis.cluster import is_cluster
+from nanostream.redis.cluster_publisher import ClusterPublisher
 from nanostream.redis.publisher import (
     DEFAULT_MAXLEN,
     DEFAULT_RETRIES,
@@ -166,18 +171,42 @@ class PublishOptions(Subcommand):
 
 def publish(
     reactor: Any, options: PublishOptions, stdin: int = 0
-) -> Deferred[Publisher]:
-    """Connect, then publish what ``stdin`` holds; fire with the publisher."""
+) -> Deferred[Publisher | ClusterPublisher]:
+    """Connect, then publish what ``stdin`` holds; fire with the publisher.
+
+    Whether the URL names a Redis Cluster member is asked first, in a
+    thread; the answer picks the publisher.
+    """
     target: RedisTarget = options["target"]
-    factory = RedisClientFactory(ClientProtocol, target, reactor)
-    publisher = Publisher(
-        factory,
-        reactor,
-        command_for(target, options["maxlen"]),
-        window=options["window"],
-        retries=options["retries"],
-        timeout=options["timeout"],
-    )
+    d = deferToThread(is_cluster, target, options["timeout"])
+
+    def unreachable(failure: Failure) -> Failure:
+        failure.trap(RedisError, OSError)
+        reason = failure.getErrorMessage() or failure.type.__name__
+        return Failure(
+            RedisUnavailable(f"cannot reach Redis at {target.masked()}: {reason}")
+        )
+
+    d.addErrback(unreachable)
+    return d.addCallback(lambda cluster: _publish(reactor, options, stdin, cluster))
+
+
+def _publish(
+    reactor: Any, options: PublishOptions, stdin: int, cluster: bool
+) -> Deferred[Publisher | ClusterPublisher]:
+    target: RedisTarget = options["target"]
+    publisher: Publisher | ClusterPublisher
+    command = command_for(target, options["maxlen"], sharded=cluster)
+    settings = {
+        "window": options["window"],
+        "retries": options["retries"],
+        "timeout": options["timeout"],
+    }
+    if cluster:
+        publisher = ClusterPublisher(target, reactor, command, **settings)
+    else:
+        factory = RedisClientFactory(ClientProtocol, target, reactor)
+        publisher = Publisher(factory, reactor, command, **settings)
 
     def connected(_: None) -> Deferred[None]:
         lines = LineSourceProtocol(

@@ -50,15 +50,23 @@ class PublishFailed(Exception):
     """Some lines could not be published; the message says how many and why."""
 
 
-def command_for(target: RedisTarget, maxlen: int = DEFAULT_MAXLEN) -> Command:
-    """PUBLISH to the target's channel, or XADD to its stream."""
+def command_for(
+    target: RedisTarget, maxlen: int = DEFAULT_MAXLEN, *, sharded: bool = False
+) -> Command:
+    """PUBLISH to the target's channel, or XADD to its stream.
+
+    ``sharded`` (a Redis Cluster) publishes with ``SPUBLISH``: the message
+    goes to the shard that owns the channel's slot, where the nodes'
+    ``SSUBSCRIBE`` listens, rather than to every node of the Cluster.
+    """
     key = target.stream
     if key is not None:
         return lambda line: ("XADD", key, "MAXLEN", "~", maxlen, "*", "line", line)
     channel = target.channel
     if channel is None:
         raise ValueError("the target names neither a channel nor a stream")
-    return lambda line: ("PUBLISH", channel, line)
+    verb = "SPUBLISH" if sharded else "PUBLISH"
+    return lambda line: (verb, channel, line)
 
 
 class Publisher:

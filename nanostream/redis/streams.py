@@ -1,7 +1,10 @@
 """Reading one Redis stream with redis-py, in blocking calls made off the reactor.
 
 redis-py is the client for streams (see docs/decisions.rst, "Redis client
-for streams"): it is kept up to date and speaks Redis Cluster.  Its calls
+for streams"): it is kept up to date and speaks Redis Cluster
+(:mod:`nanostream.redis.cluster` picks the client when it first connects;
+a stream's commands all name its one key, so on a Cluster they all go to
+the master of its slot, ``MULTI`` included).  Its calls
 block, so the stream source runs each of them in a thread of its own and
 gets the result back in the reactor thread; nothing here touches Twisted.
 
@@ -16,10 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
+from nanostream.redis.cluster import AnyClient, disconnect
 from nanostream.redis.url import RedisTarget
 
 #: Entries asked for per read: one read, one batch for the broadcaster.
@@ -27,8 +27,6 @@ COUNT = 1000
 #: How long one blocking XREAD waits for a new entry, in milliseconds; also
 #: bounds how long a stopping source waits for its reader thread.
 BLOCK_MS = 1000
-#: Seconds to connect before giving up.
-CONNECT_TIMEOUT = 5.0
 #: A reply slower than this (beyond the blocking wait) means Redis is gone.
 REPLY_TIMEOUT = 10.0
 
@@ -129,21 +127,8 @@ class Accounting:
 
 
 def make_client(target: RedisTarget, reply_timeout: float = REPLY_TIMEOUT) -> Any:
-    """A redis-py client for ``target`` that leaves retrying to its caller."""
-    return redis.Redis(
-        host=target.host,
-        port=target.port,
-        db=target.db,
-        username=target.username if target.password is not None else None,
-        password=target.password,
-        ssl=target.tls,
-        ssl_ca_certs=target.ca,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=reply_timeout,
-        # One attempt per call: the source logs each loss and backs off itself.
-        retry=Retry(NoBackoff(), 0),
-        protocol=2,
-    )
+    """A client for ``target``, a single Redis or a Cluster (made on first use)."""
+    return AnyClient(target, reply_timeout)
 
 
 class StreamReader:
@@ -184,13 +169,35 @@ class StreamReader:
         info, reply = pipe.execute(raise_on_error=False)
         if isinstance(reply, Exception):
             raise reply
-        snapshot = Snapshot.of(info)
+        snapshot = Snapshot.of(_parsed_info(info))
         entries = reply[0][1] if reply else []
-        return Read(snapshot, list(entries))
+        return Read(snapshot, [_parsed_entry(entry) for entry in entries])
 
     def close(self) -> None:
         """Close the connection, from any thread: a blocked read fails at once."""
-        self.client.connection_pool.disconnect()
+        disconnect(self.client)
+
+
+def _parsed_info(info: Any) -> Any:
+    """``XINFO STREAM`` as a dict, also when it comes back as RESP pairs.
+
+    redis-py's Cluster transactions hand back the raw replies, without the
+    parsing its other paths apply.
+    """
+    if not isinstance(info, list):
+        return info
+    return {
+        (name.decode() if isinstance(name, bytes) else name): value
+        for name, value in zip(info[::2], info[1::2], strict=True)
+    }
+
+
+def _parsed_entry(entry: Any) -> Entry:
+    """One stream entry as ``(id, fields)``, from a parsed or a raw reply."""
+    entry_id, fields = entry
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    return entry_id, fields
 
 
 def read_range(
@@ -200,7 +207,8 @@ def read_range(
     pipe = client.pipeline(transaction=True)
     pipe.xrange(key, "-", "+", count=1)
     pipe.xrange(key, since, "+", count=count + 1)
-    oldest, entries = pipe.execute()
+    oldest, reply = pipe.execute()
+    entries = [_parsed_entry(entry) for entry in reply]
     held = bool(entries) and parse_id(entries[0][0]) == parse_id(since)
     if held:
         entries = entries[1:]
