@@ -200,6 +200,23 @@ class PublisherTests(PublisherTestCase):
         self.assertIn("NOPERM", failure.getErrorMessage())
         self.assertTrue(self.endpoint.last.transport.disconnecting)
 
+    def test_loading_redis_is_waited_for(self) -> None:
+        """A Redis still loading its data answers LOADING: the line is sent again."""
+        publisher = self.publisher(window=10)
+        publisher.broadcast([b"a", b"b"])
+        first = self.endpoint.last
+        feed(first, b"-LOADING Redis is loading the dataset in memory\r\n", self.clock)
+        self.assertTrue(first.transport.disconnecting)
+        lose(first)
+        self.clock.advance(0.5)
+        second = self.endpoint.last
+        self.assertIsNot(first, second)
+        self.assertEqual(publishes(written(second)), [b"a", b"b"])
+        publisher.end()
+        self.ack(2)
+        self.successResultOf(publisher.done())
+        self.assertEqual(publisher.published, 2)
+
     def test_silent_redis_counts_as_lost(self) -> None:
         """No answer within --timeout drops the connection and sends again."""
         publisher = self.publisher(timeout=2.0)

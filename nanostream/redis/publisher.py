@@ -46,6 +46,11 @@ DEFAULT_MAXLEN = 100_000
 Command = Callable[[bytes], Sequence[Any]]
 
 
+#: Error replies of a Redis that is starting, failing over or busy with a
+#: script: the line is sent again once it answers, as after a lost connection.
+PASSING_ERRORS = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+
+
 class PublishFailed(Exception):
     """Some lines could not be published; the message says how many and why."""
 
@@ -243,9 +248,15 @@ class Publisher:
             # Lost with the connection; down() has queued it again.
             return None
         if failure.check(txredisapi.ResponseError):
-            self._fail(f"Redis refused a line: {failure.getErrorMessage()}")
-            return None
-        # A connection-level failure: down() takes care of it.
+            message = failure.getErrorMessage()
+            if not message.startswith(PASSING_ERRORS):
+                self._fail(f"Redis refused a line: {message}")
+                return None
+            _log.warn(
+                "Redis is not ready ({why}); reconnecting", why=message.split()[0]
+            )
+        # A connection-level failure, or a Redis that will soon answer again:
+        # down() reconnects with backoff and sends the line again.
         if protocol.connected:
             protocol.transport.abortConnection()
         return None
