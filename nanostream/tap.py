@@ -216,22 +216,20 @@ class ServiceOptions(usage.Options):
 
     def _check_ledger(self) -> None:
         url = self["ledger"]
-        if url is None:
-            if self["redis-password-file"] is not None and not self.get("redis-source"):
-                raise usage.UsageError(
-                    "--redis-password-file needs a redis:// --source or --ledger"
-                )
-            return
-        if self["no-auth"]:
-            raise usage.UsageError("--ledger and --no-auth contradict: no tokens")
-        if url.startswith(REDIS_SCHEMES):
-            self["redis-ledger"] = self._redis("--ledger", url, channel=False)
-            return
-        if self["redis-password-file"] is not None and not self.get("redis-source"):
+        redis_ledger = url is not None and url.startswith(REDIS_SCHEMES)
+        password_file = self["redis-password-file"] is not None
+        if password_file and not (redis_ledger or self.get("redis-source")):
             raise usage.UsageError(
                 "--redis-password-file needs a redis:// --source or --ledger"
             )
-        self["file-ledger"] = _ledger_file(url)
+        if url is None:
+            return
+        if self["no-auth"]:
+            raise usage.UsageError("--ledger and --no-auth contradict: no tokens")
+        if redis_ledger:
+            self["redis-ledger"] = self._redis("--ledger", url, channel=False)
+        else:
+            self["file-ledger"] = _ledger_file(url)
 
     def _redis(
         self, option: str, url: str, *, channel: bool, stream: bool = False
@@ -268,10 +266,8 @@ class ServiceOptions(usage.Options):
     def foreground(self) -> bool:
         """Under ``twistd`` only ``-n`` keeps stdin; ``twist`` never forks."""
         parent = getattr(self, "parent", None)
-        if parent is None:
-            return True
         try:
-            return bool(parent["nodaemon"])
+            return parent is None or bool(parent["nodaemon"])
         except KeyError:
             return True
 
