@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .cutting import CuttingProxy, feed, numbered
-from .harness import LISTEN_LOOPBACK, STOP_TIMEOUT, Nanostream, receive, stop_process
+from .harness import (
+    EVENT_TIMEOUT,
+    LISTEN_LOOPBACK,
+    STOP_TIMEOUT,
+    Nanostream,
+    receive,
+    stop_process,
+)
 from .test_browser import BrowserTestCase
 
 #: Notes what the page shows and how it connects; runs before the page's script.
@@ -112,7 +119,11 @@ class BrowserResumeTests(BrowserTestCase):
 
     def shown(self, page: Any, count: int) -> list[str]:
         """Everything the page added to its list, once it added ``count`` items."""
-        page.wait_for_function("n => window.shown.length >= n", arg=count)
+        # Reconnecting waits out the page's backoff (1 s, doubling): on a
+        # loaded machine a second cut can take longer than Playwright's 10 s.
+        page.wait_for_function(
+            "n => window.shown.length >= n", arg=count, timeout=EVENT_TIMEOUT * 1000
+        )
         shown: list[str] = page.evaluate("window.shown")
         return shown
 
