@@ -120,9 +120,9 @@ class BrowserResumeTests(BrowserTestCase):
     def shown(self, page: Any, count: int) -> list[str]:
         """Everything the page added to its list, once it added ``count`` items."""
         # Reconnecting waits out the page's backoff (1 s, doubling): on a
-        # loaded machine a second cut can take longer than Playwright's 10 s.
+        # loaded machine a second cut can take longer than one event timeout.
         page.wait_for_function(
-            "n => window.shown.length >= n", arg=count, timeout=EVENT_TIMEOUT * 1000
+            "n => window.shown.length >= n", arg=count, timeout=3 * EVENT_TIMEOUT * 1000
         )
         shown: list[str] = page.evaluate("window.shown")
         return shown
