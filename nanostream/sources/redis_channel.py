@@ -49,7 +49,8 @@ class SubscriberProtocol(ReportsLoss, txredisapi.SubscriberProtocol):
             self.source.flush()
 
 
-def _moment(seconds: float) -> str:
+def moment(seconds: float) -> str:
+    """A gap's bound as logged: UTC, to the millisecond."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds")
 
@@ -150,8 +151,8 @@ class RedisSource(Service):
             "not received",
             channel=self._channel,
             redis=self._target.masked(),
-            gap_start=_moment(started),
-            gap_end=_moment(ended),
+            gap_start=moment(started),
+            gap_end=moment(ended),
             gap_seconds=round(ended - started, 3),
         )
 
@@ -166,7 +167,7 @@ class RedisSource(Service):
             redis=self._target.masked(),
             channel=self._channel,
             reason=reason,
-            gap_start=_moment(self._gap_started),
+            gap_start=moment(self._gap_started),
             delay=round(delay, 2),
         )
 

@@ -21,7 +21,6 @@ connection; both are taken as a loss, so no gap goes unreported.
 from __future__ import annotations
 
 import contextlib
-import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +36,7 @@ from nanostream.redis.backoff import Backoff
 from nanostream.redis.cluster import cluster_client
 from nanostream.redis.url import RedisTarget
 from nanostream.sources import GapSink, SourceStatus
+from nanostream.sources.redis_channel import moment
 
 _log = Logger()
 
@@ -88,11 +88,6 @@ def read(
     except (RedisError, OSError) as e:
         return messages, e
     return messages, None
-
-
-def _moment(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds")
 
 
 class ShardedChannelSource(Service):
@@ -212,8 +207,8 @@ class ShardedChannelSource(Service):
             "not received",
             channel=self._channel,
             redis=self._target.masked(),
-            gap_start=_moment(started),
-            gap_end=_moment(ended),
+            gap_start=moment(started),
+            gap_end=moment(ended),
             gap_seconds=round(ended - started, 3),
         )
 
@@ -271,7 +266,7 @@ class ShardedChannelSource(Service):
                 redis=self._target.masked(),
                 channel=self._channel,
                 reason=reason,
-                gap_start=_moment(self._gap_started),
+                gap_start=moment(self._gap_started),
                 delay=round(delay, 2),
             )
         else:
