@@ -30,7 +30,8 @@ from nanostream.resume.ids import format_key, key, parse_id
 from nanostream.sinks import ClientSink
 
 if TYPE_CHECKING:
-    from nanostream.resume.replay import Archive, Replay
+    from nanostream.resume.archive import Archive
+    from nanostream.resume.replay import Replay
     from nanostream.resume.turns import FramedChunks, Turns
 
 DEFAULT_MAX_BUFFER_BYTES = 4 * 1024 * 1024
@@ -107,8 +108,11 @@ class Broadcaster:
         #: The source's archive, for resumes older than the history.
         self.archive: Archive | None = None
         self.clock = clock
-        self._raw: set[ClientSink] = set()
-        self._v1: set[ClientSink] = set()
+        # Live clients in the order they joined (dicts keep it): a batch
+        # reaches those connected longest first, so a crowd of newcomers
+        # (a reconnect storm) does not delay the clients already here.
+        self._raw: dict[ClientSink, None] = {}
+        self._v1: dict[ClientSink, None] = {}
         self._replays: dict[ClientSink, Replay] = {}
         # Replays waiting for the source to read further, by client.
         self._waiting: dict[ClientSink, Callable[[], None]] = {}
@@ -140,7 +144,7 @@ class Broadcaster:
 
     def add(self, sink: ClientSink, *, with_ids: bool = False) -> None:
         """Join the live feed: raw, or ``nanostream.v1`` with ``with_ids``."""
-        (self._v1 if with_ids else self._raw).add(sink)
+        (self._v1 if with_ids else self._raw)[sink] = None
 
     def resume(self, sink: ClientSink, since: bytes) -> None:
         """Replay what ``sink``'s client missed after ``since``, then go live."""
@@ -155,8 +159,8 @@ class Broadcaster:
         replay.start()
 
     def remove(self, sink: ClientSink) -> None:
-        self._raw.discard(sink)
-        self._v1.discard(sink)
+        self._raw.pop(sink, None)
+        self._v1.pop(sink, None)
         self._waiting.pop(sink, None)
         replay = self._replays.pop(sink, None)
         if replay is not None:
@@ -169,7 +173,7 @@ class Broadcaster:
     def went_live(self, sink: ClientSink, owes_gap: bool) -> None:
         """A replay caught up: ``sink`` joins the v1 live set in this turn."""
         del self._replays[sink]
-        self._v1.add(sink)
+        self._v1[sink] = None
         if owes_gap:
             self._owe_gap({sink})
 
@@ -263,10 +267,10 @@ class Broadcaster:
 
     def _send_gap(self, owed: set[ClientSink], next_key: int) -> None:
         data = gap_notice(self._gap_last, next_key)
-        for sink in owed & self._v1:
+        for sink in owed & self._v1.keys():
             sink.send(data)
 
-    def _fan_out(self, sinks: set[ClientSink], data: bytes, count: int) -> None:
+    def _fan_out(self, sinks: dict[ClientSink, None], data: bytes, count: int) -> None:
         clients = len(sinks)
         self.messages_delivered += count * clients
         self.bytes_delivered += len(data) * clients

@@ -168,6 +168,25 @@ class DeliveryTests(SynchronousTestCase):
         self.assertEqual(early.payloads(), [b"one", b"two"])
         self.assertEqual(late.payloads(), [b"two"])
 
+    def test_longest_connected_written_first(self) -> None:
+        """A batch reaches clients in the order they joined, so a crowd of
+        newcomers never delays those already connected; one that leaves and
+        comes back joins at the end."""
+        order: list[str] = []
+        clients = {}
+        for name in ("first", "second", "third", "fourth"):
+            client = FakeClient()
+            client.sink = ClientSink(lambda _data, n=name: order.append(n), client)
+            clients[name] = client
+        for name in ("first", "second", "third"):
+            self.broadcaster.add(clients[name].sink)
+        self.broadcaster.add(clients["fourth"].sink, with_ids=True)
+        self.broadcaster.remove(clients["first"].sink)
+        self.broadcaster.add(clients["first"].sink)
+        self.broadcaster.broadcast([b"one"])
+        # Raw clients before nanostream.v1 ones, each in joining order.
+        self.assertEqual(order, ["second", "third", "first", "fourth"])
+
     def test_removed_client(self) -> None:
         """A removed client gets nothing more; the others carry on."""
         stays, leaves = self.connect(), self.connect()
