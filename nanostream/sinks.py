@@ -3,9 +3,13 @@
 Each client's sink knows how many of our bytes still wait for its socket:
 a plain socket's :class:`SocketSink` queues them itself, the generic
 :class:`ClientSink` (TLS) learns it from Twisted's producer signals.  The
-broadcaster drops a client whose backlog passes ``--max-buffer-bytes``; a
-replay waits for the sink to drain (:attr:`ClientSink.on_drain`) before it
-writes more.
+broadcaster drops a client whose backlog passes ``--max-buffer-bytes``.
+
+A replay offers its chunks instead (:meth:`ClientSink.offer`): a plain
+socket takes what the kernel takes, and the replay keeps the rest and waits
+to be called when the socket is writable again, so every replayed byte is
+written within the replays' budget per reactor turn, none in bulk when a
+thousand sockets become writable in one poll.
 """
 
 from __future__ import annotations
@@ -90,6 +94,19 @@ class ClientSink:
         if self.paused:
             self.unsent += len(data)
         return self.unsent
+
+    def offer(self, data: bytes | memoryview) -> int:
+        """Write what may be written of ``data`` now; the bytes taken.
+
+        The transport takes everything (and pauses its producer when its
+        buffer is full): the caller waits for :attr:`ready` again.
+        """
+        self.send(data if isinstance(data, bytes) else bytes(data))
+        return len(data)
+
+    def when_writable(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once more may be offered."""
+        self.on_drain = hook
 
     def detach(self) -> None:
         """The connection is gone; the transport forgets its producer itself."""
@@ -179,6 +196,25 @@ class SocketSink(ClientSink):
                 self._transport.startWriting()
         return self.unsent
 
+    def offer(self, data: bytes | memoryview) -> int:
+        """Send what the kernel takes of ``data`` now, queueing nothing.
+
+        Behind queued bytes nothing is taken: the queue goes first.
+        """
+        if self._queue is not None:
+            return 0
+        try:
+            return self._send(data)
+        except OSError:
+            # Full (EAGAIN), or broken: the next writable event finds out.
+            return 0
+
+    def when_writable(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once the queue is sent and the socket takes more."""
+        self.on_drain = hook
+        if self._transport.connected:
+            self._transport.startWriting()
+
     def doWrite(self) -> Any:
         """The socket is writable: send the queue, or stop watching for this.
 
@@ -188,7 +224,10 @@ class SocketSink(ClientSink):
         queue = self._queue
         transport = self._transport
         if queue is None:
-            return self._idle(transport)
+            why = self._idle(transport)
+            if why is None and self.on_drain is not None:
+                self._drained()
+            return why
         try:
             if len(queue) == 1:
                 sent = self._send(queue[0])

@@ -222,6 +222,37 @@ class QueueTests(SynchronousTestCase):
         peer.transport.doWrite()
         self.assertEqual(drained, [True])
 
+    def test_offer_takes_what_the_kernel_takes(self) -> None:
+        """An offer sends what the socket takes now and queues nothing."""
+        peer = Peer(FakeSocket(room=3))
+        self.assertEqual(peer.sink.offer(memoryview(b"abcdef")), 3)
+        self.assertEqual(bytes(peer.socket.received), b"abc")
+        self.assertEqual(peer.sink.offer(b"def"), 0)
+        self.assertTrue(peer.sink.ready)
+        self.assertFalse(peer.transport.watched)
+
+    def test_offer_behind_a_queue_takes_nothing(self) -> None:
+        """Queued bytes go first: an offer behind them is refused whole."""
+        peer = Peer(FakeSocket(room=2))
+        peer.sink.send(b"queued")
+        peer.socket.room = 100
+        self.assertEqual(peer.sink.offer(b"later"), 0)
+        peer.transport.doWrite()
+        self.assertEqual(bytes(peer.socket.received), b"queued")
+
+    def test_when_writable_calls_once_and_stops_watching(self) -> None:
+        """A replay waiting for room hears once, on the next writable event,
+        and the socket is watched only until then."""
+        peer = Peer(FakeSocket(room=0))
+        called: list[int] = []
+        peer.sink.when_writable(lambda: called.append(len(peer.socket.received)))
+        self.assertTrue(peer.transport.watched)
+        self.assertIsNone(peer.transport.doWrite())
+        self.assertEqual(called, [0])
+        self.assertFalse(peer.transport.watched)
+        peer.transport.doWrite()
+        self.assertEqual(called, [0])
+
     def test_broken_socket_is_reported_lost(self) -> None:
         """A send error other than a full buffer ends the connection."""
         peer = Peer(FakeSocket(room=0))

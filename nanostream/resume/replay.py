@@ -1,9 +1,11 @@
 """Feeds a resuming client what it missed, then hands it to the live feed.
 
 A replay writes from the node's history (or, for older lines, from the
-source's :class:`Archive`, a Redis stream) one chunk at a time, and writes
-the next chunk only once the client has drained the last: it never runs more
-than a chunk ahead of the client.  Replays take turns
+source's :class:`~nanostream.resume.archive.Archive`, a Redis stream) one chunk at a time, and writes
+the next chunk only once the client has taken the last: it never runs more
+than a chunk ahead of the client.  What the socket does not take at once
+the replay keeps and offers again in a later turn, so its bytes are all
+written within the turns' budget.  Replays take turns
 (:class:`~nanostream.resume.turns.Turns`), so a storm of resumes never holds
 up the live feed for long.  Lines read meanwhile are held in the history
 behind the replay's position.
@@ -27,9 +29,8 @@ skips the lines up to it as they are read, so the client gets none twice.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,6 +40,7 @@ from nanostream.resume.turns import FramedChunks, Turns
 
 if TYPE_CHECKING:
     from nanostream.broadcast import Broadcaster
+    from nanostream.resume.archive import ArchiveSlice
     from nanostream.sinks import ClientSink
 
 _log = Logger()
@@ -51,27 +53,6 @@ ARCHIVE_COUNT = 256
 
 #: History chunks after a replay's first start at multiples of this.
 ALIGN = 64
-
-
-class ArchiveSlice(Protocol):
-    """What an archive answers: see :meth:`Archive.read_after`."""
-
-    held: bool
-    oldest: bytes | None
-    entries: list[tuple[bytes, bytes]]
-
-
-class Archive(Protocol):
-    """Lines a source still holds beyond the node's history (a Redis stream)."""
-
-    @property
-    def last_read(self) -> bytes | None:
-        """The id of the newest entry the source has handed on (or started
-        after); an archive entry past it is still to come live."""
-
-    def read_after(self, since: bytes, count: int) -> Deferred[Any]:
-        """Fire with an :class:`ArchiveSlice`: whether ``since`` is held, the
-        oldest held id, and up to ``count`` entries after ``since``."""
 
 
 class Replay:
@@ -104,6 +85,8 @@ class Replay:
         self._gap_told: int | None = None
         #: The client is ahead of what this node has read (see above).
         self._ahead = False
+        #: The part of the last chunk the socket has not taken yet.
+        self._tail: memoryview | None = None
 
     def start(self) -> None:
         history = self._history
@@ -209,7 +192,9 @@ class Replay:
             # backlog and could drop a client that is not slow at all.
             sink.on_drain = self._drained
             return 0
-        if self._pending:
+        if self._tail is not None:
+            written = self._offer(self._tail)
+        elif self._pending:
             written = self._send_pending()
         elif self._position is None and not self._archive_done:
             if not self._fetching:
@@ -225,6 +210,8 @@ class Replay:
             return written
         if sink.unsent > self._broadcaster.max_buffer_bytes:
             self._broadcaster.drop(sink)
+        elif self._tail is not None:
+            sink.when_writable(self._drained)
         elif sink.ready:
             self._turns.soon(self._step)
         else:
@@ -345,5 +332,10 @@ class Replay:
     def _write(self, keys: list[int], data: bytes, count: int) -> int:
         self._last_sent = keys[-1]
         self._broadcaster.lines_replayed += count
-        self._sink.send(data)
-        return len(data)
+        return self._offer(data)
+
+    def _offer(self, data: bytes | memoryview) -> int:
+        """Offer ``data`` to the client; keep what it did not take."""
+        taken = self._sink.offer(data)
+        self._tail = memoryview(data)[taken:] if taken < len(data) else None
+        return taken
