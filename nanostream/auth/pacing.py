@@ -16,10 +16,11 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
-#: Handshakes answered per reactor turn.  At about 0.3 ms each, a full turn
-#: adds some 5 ms to a live line's latency, well inside its quiet p99
-#: (docs/performance.rst, resume storm).
-HANDSHAKES_PER_TURN = 16
+#: Handshakes answered per reactor turn.  At 0.2-0.3 ms each, a full turn
+#: adds at most some 2 ms to a live line's latency; 16 (4 ms) put a reconnect
+#: storm's live p99 at 4-7x its quiet value, and the bursts no faster
+#: (docs/performance.rst, "Reconnect storms").
+HANDSHAKES_PER_TURN = 8
 
 
 class Waiting(Protocol):
