@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenarios",
         help="comma-separated: fanout-N, fanout-slow-N, paced-N@RATE,"
         " latency-N@RATE, handshake[-COUNT], memory[-COUNT],"
-        " memory-malloc[-COUNT], fanout-v1-N, resume-storm[-COUNT],"
+        " memory-malloc[-COUNT], fanout-v1-N, resume-storm[-COUNT][@RATE],"
         " stream-latency[-N@RATE], handshake-ledger[-COUNT],"
         " handshake-quiet[-COUNT]"
         f" (default: {','.join(scenarios.DEFAULT_SCENARIOS)})",
