@@ -3,8 +3,8 @@ load generator's core.
 
 * ``live``: N ``nanostream.v1`` clients that stay connected throughout and
   record every line's latency; told the time windows of the run at the end
-  (``report {"quiet": [t0, t1], ...}`` on stdin), it answers with p50, p99
-  and max per window.
+  (``report {"quiet": [[t0, t1]], "resume": [[t0, t1], ...], ...}`` on
+  stdin), it answers with p50, p99 and max over each kind's windows.
 * ``storm``: a recorder client from the start (see v1client.py); on
   ``storm resume`` it opens K clients at once, each with a fresh token and
   ``since`` the id ``--back`` lines before the newest recorded, and reports
@@ -100,7 +100,7 @@ async def run_live(args: argparse.Namespace, commands: Commands) -> None:
             windows = json.loads(command[len("report ") :])
             emit(
                 "result",
-                windows={k: book.window(*v) for k, v in windows.items()},
+                windows={k: book.window(v) for k, v in windows.items()},
                 lines=len(book.at),
                 id_faults=book.id_faults,
                 notices=book.notices,

@@ -335,10 +335,14 @@ class Latencies:
         self.notices = 0
         self.closed = 0
 
-    def window(self, start: int, end: int) -> dict[str, float | int]:
-        """p50, p99 and max (ms) of the lines received in [start, end)."""
+    def window(self, spans: list[list[int]]) -> dict[str, float | int]:
+        """p50, p99 and max (ms) of the lines received in any [start, end)."""
         at, latency = self.at, self.latency
-        chosen = sorted(latency[i] for i in range(len(at)) if start <= at[i] < end)
+        chosen = sorted(
+            latency[i]
+            for i in range(len(at))
+            if any(start <= at[i] < end for start, end in spans)
+        )
         if not chosen:
             return {"count": 0}
 
