@@ -15,7 +15,7 @@ from nanostream.broadcast import Broadcaster
 from nanostream.resume.history import History
 from nanostream.resume.ids import format_key, parse_id
 from nanostream.resume.replay import CHUNK_BYTES
-from nanostream.resume.turns import TURN_BYTES
+from nanostream.resume.turns import STEP_BYTES, TURN_BYTES
 
 START = 1_700_000_000.0
 START_MS = b"1700000000000"
@@ -300,6 +300,22 @@ class ResumeTests(Fixture):
         for peer in peers:
             got = [m for _, m in parse_frames(bytes(peer.socket.received))]
             self.assertEqual(got, [*expected, b"!live"])
+
+    def test_steps_that_write_little_still_count(self) -> None:
+        """Replays whose sockets take nothing still share the turn: each
+        step counts at least STEP_BYTES, so a turn runs a bounded number."""
+        self.broadcaster.broadcast([b"z" * 100 for _ in range(40)])
+        peers = [Peer(FakeSocket(room=0)) for _ in range(2 * TURN_BYTES // STEP_BYTES)]
+        for peer in peers:
+            self.broadcaster.resume(peer.sink, lid(1))
+
+        def steps() -> int:
+            return sum(len(peer.socket.calls) for peer in peers)
+
+        self.turn()
+        self.assertEqual(steps(), TURN_BYTES // STEP_BYTES)
+        self.turn()
+        self.assertEqual(steps(), len(peers))
 
     def test_chunks_framed_once(self) -> None:
         """Clients resuming from nearby ids are written the same framed chunks."""

@@ -1,14 +1,14 @@
 """Feeds a resuming client what it missed, then hands it to the live feed.
 
 A replay writes from the node's history (or, for older lines, from the
-source's :class:`~nanostream.resume.archive.Archive`, a Redis stream) one chunk at a time, and writes
-the next chunk only once the client has taken the last: it never runs more
-than a chunk ahead of the client.  What the socket does not take at once
-the replay keeps and offers again in a later turn, so its bytes are all
-written within the turns' budget.  Replays take turns
-(:class:`~nanostream.resume.turns.Turns`), so a storm of resumes never holds
-up the live feed for long.  Lines read meanwhile are held in the history
-behind the replay's position.
+source's :class:`~nanostream.resume.archive.Archive`, a Redis stream) one
+chunk at a time, and writes the next chunk only once the client has taken
+the last: it never runs more than a chunk ahead of the client.  What the
+socket does not take at once the replay keeps and offers again in a later
+turn, so its bytes are all written within the turns' budget.  Replays take
+turns (:class:`~nanostream.resume.turns.Turns`), so a storm of resumes never
+holds up the live feed for long.  Lines read meanwhile are held in the
+history behind the replay's position.
 
 History chunks start at multiples of :data:`ALIGN` positions, so clients
 resuming from nearby ids ask for the same chunks, and each is framed once
