@@ -216,7 +216,11 @@ class BrowserResumeTests(BrowserTestCase):
         # Any document of the demo's origin without a content security
         # policy will do (the demo page's own allows only its script).
         page.goto(proxy.url("/token"))
+        mark = service.log.mark()
         page.add_script_tag(content=script)
+        # The page follows from its first line: the feed starts once it is
+        # connected, or it would start after the first lines.
+        service.log.wait_for(r"client connected", after=mark)
         lines = 2000
         producer = feed(service.source, lines, 400.0)
         self.addCleanup(stop_process, producer, STOP_TIMEOUT)
