@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import socket
+
 import support
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor, RaisingMemoryReactor
+from twisted.internet.testing import (
+    MemoryReactor,
+    MemoryReactorClock,
+    RaisingMemoryReactor,
+)
 from twisted.logger import LogEvent, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from nanostream.listening import announced_service, describe_address
+from nanostream.listening import (
+    ACCEPTS_PER_TURN,
+    AnnouncedEndpoint,
+    announced_service,
+    bound_accepts,
+    describe_address,
+)
 
 
 class BoundPort:
@@ -102,3 +116,75 @@ class AnnouncedServiceTests(SynchronousTestCase):
         service = announced_service("tcp:8080", self.factory, "websocket", reactor)
         self.assertRaises(CannotListenError, service.privilegedStartService)
         self.assertEqual(self.announcements(), [])
+
+
+class BoundAcceptsTests(SynchronousTestCase):
+    """A bound port accepts at most its share of waiting clients per read."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.built: list[object] = []
+        factory = Factory.forProtocol(Protocol)
+        build = factory.buildProtocol
+
+        def counting(address: object) -> Protocol | None:
+            self.built.append(address)
+            return build(address)
+
+        factory.buildProtocol = counting  # type: ignore[method-assign]
+        self.port = tcp.Port(0, factory, interface="127.0.0.1", reactor=self.reactor)
+        self.port.startListening()
+        self.addCleanup(self.reactor.advance, 0)
+        self.addCleanup(self.port.stopListening)
+        self.host = self.port.getHost()
+
+    def connect(self, count: int) -> None:
+        """``count`` real clients, connected and waiting in the backlog."""
+        for _ in range(count):
+            client = socket.create_connection((self.host.host, self.host.port))
+            self.addCleanup(client.close)
+
+    def accepted_by_read(self) -> int:
+        before = len(self.built)
+        self.port.doRead()
+        return len(self.built) - before
+
+    def test_reads_take_at_most_the_bound(self) -> None:
+        """40 waiting clients take reads of 16, 16 and 8; none is lost."""
+        bound_accepts(self.port)
+        self.connect(40)
+        reads = [self.accepted_by_read() for _ in range(3)]
+        self.assertEqual(reads, [ACCEPTS_PER_TURN, ACCEPTS_PER_TURN, 8])
+        self.assertEqual(len(self.built), 40)
+
+    def test_the_bound_holds_after_full_reads(self) -> None:
+        """Twisted's own growth after a full read does not lift the bound."""
+        bound_accepts(self.port, per_turn=3)
+        self.connect(12)
+        self.assertEqual([self.accepted_by_read() for _ in range(4)], [3, 3, 3, 3])
+        self.assertLessEqual(self.port.numberAccepts, 3 + 20)
+
+    def test_unbounded_port_takes_them_all(self) -> None:
+        """Without the bound one read takes every waiting client (the default)."""
+        self.connect(40)
+        self.assertEqual(self.accepted_by_read(), 40)
+
+    def test_ports_without_batches_are_left_alone(self) -> None:
+        """A port that does not accept in batches is not touched."""
+        port = BoundPort(IPv4Address("TCP", "127.0.0.1", 8080))
+        bound_accepts(port)
+        self.assertFalse(hasattr(port, "doRead"))
+
+    def test_announced_tcp_port_is_bound(self) -> None:
+        """The ports the service listens on are bound when announced."""
+        endpoint = AnnouncedEndpoint(
+            TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"), "tcp", "x"
+        )
+
+        def listened(*args: object, **kwargs: object) -> tcp.Port:
+            return self.port
+
+        self.reactor.listenTCP = listened  # type: ignore[method-assign]
+        endpoint.listen(Factory.forProtocol(Protocol))
+        self.connect(20)
+        self.assertEqual(self.accepted_by_read(), ACCEPTS_PER_TURN)
