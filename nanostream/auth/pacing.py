@@ -17,10 +17,10 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 
 #: Handshakes answered per reactor turn.  At 0.2-0.3 ms each, a full turn
-#: adds at most some 2 ms to a live line's latency; 16 (4 ms) put a reconnect
-#: storm's live p99 at 4-7x its quiet value, and the bursts no faster
-#: (docs/performance.rst, "Reconnect storms").
-HANDSHAKES_PER_TURN = 8
+#: adds about 1 ms to a live line's latency; 8 (2 ms) and 16 (4 ms) put a
+#: reconnect storm's live p99 further above its quiet value, and the bursts
+#: no faster (docs/performance.rst, "Reconnect storms").
+HANDSHAKES_PER_TURN = 4
 
 
 class Waiting(Protocol):
