@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, LogLevel, eventAsText
 from twisted.trial.unittest import SynchronousTestCase
 
+from nanostream.ops.collection import TimedFullCollections
 from nanostream.ops.memory import MemoryTrimmer, StartupFreezer, malloc_trim
 from nanostream.sources.stdio import StdioSource
 from nanostream.sources.stream import LineSourceFactory
@@ -187,3 +188,9 @@ class MemoryAssemblyTests(SynchronousTestCase):
         """The heap is frozen only once every other service has started."""
         service = self.assemble("--secret", SECRET)
         self.assertIsInstance(list(service)[-1], StartupFreezer)
+
+    def test_full_collections_timed(self) -> None:
+        """The service runs full collections from its timer."""
+        service = self.assemble("--secret", SECRET)
+        timed = [s for s in service if isinstance(s, TimedFullCollections)]
+        self.assertEqual(len(timed), 1)
