@@ -19,6 +19,7 @@ from nanostream.auth.ledger import ILedger, MemoryLedger
 from nanostream.auth.tokens import RECOMMENDED_SECRET_BYTES
 from nanostream.broadcast import Broadcaster
 from nanostream.listening import announced_service
+from nanostream.ops.collection import TimedFullCollections
 from nanostream.ops.memory import MemoryTrimmer, ledger_pruner, malloc_trim, releaser
 from nanostream.resume.history import History
 from nanostream.server import Server, make_server
@@ -141,8 +142,9 @@ def line_source(
 
 
 def upkeep(server: Server, reactor: Any) -> tuple[MemoryTrimmer | None, list[Service]]:
-    """The memory trimmer (where malloc can trim) and the ledger's pruner."""
-    services: list[Service] = []
+    """Timed full collections, the memory trimmer (where malloc can trim)
+    and the ledger's pruner."""
+    services: list[Service] = [TimedFullCollections(clock=reactor)]
     trimmer = None
     release = releaser(malloc_trim())
     if release is not None:

@@ -32,7 +32,6 @@ from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES
 from nanostream.clients import BroadcastService
 from nanostream.numbers import number_option
-from nanostream.ops.collection import TimedFullCollections
 from nanostream.ops.levels import CHOICES, DEFAULT, apply_log_level, level_option
 from nanostream.ops.memory import StartupFreezer
 from nanostream.ops.shutdown import StopOnTerm
@@ -341,7 +340,6 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> MultiService:
         *([server.ledger] if IService.providedBy(server.ledger) else []),
         line_source(options, server.broadcaster, status, reactor),
         *monitor(options, server, listening, status, trimmer, reactor),
-        TimedFullCollections(clock=reactor),
         # Last, so that it starts once everything else has been built and started.
         StartupFreezer(),
     ]
