@@ -229,6 +229,25 @@ class ResumeTests(Fixture):
         self.assertEqual(ids, [lid(k) for k in range(11, n + 2)])
         self.assertGreater(len(messages) - 1 - live, 0)
 
+    def test_goes_live_with_a_line_before_every_step(self) -> None:
+        """A replay that writes the newest line goes live in that step.
+
+        On a busy node a line arrives before each of a replay's steps; a
+        replay that went live only at a step finding nothing new never would.
+        """
+        self.broadcaster.broadcast(numbered(1, 50))
+        client = self.client(since=lid(10))
+        for n in range(51, 56):
+            self.broadcaster.broadcast([b"line %d" % n])
+            self.turn()
+        self.broadcaster.broadcast([b"line 56"])
+        messages = client.messages()
+        self.assertIn(b"!live", messages)
+        self.assertEqual(
+            [m for m in messages if m != b"!live"],
+            [lid(n) + b" line %d" % n for n in range(11, 57)],
+        )
+
     def test_falling_behind_the_history_drops(self) -> None:
         """A replay whose next line was evicted is dropped, not skipped ahead."""
         self.history.max_lines = 50

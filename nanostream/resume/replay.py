@@ -213,7 +213,13 @@ class Replay:
         elif self._tail is not None:
             sink.when_writable(self._drained)
         elif sink.ready:
-            self._turns.soon(self._step)
+            at = self._position
+            if at is not None and at >= self._history.end and not self._pending:
+                # Caught up: !live now.  Were it left to the next step, a
+                # line would arrive first on a busy node, every time.
+                self._send_history()
+            else:
+                self._turns.soon(self._step)
         else:
             sink.on_drain = self._drained
         return written
