@@ -14,7 +14,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.auth import reasons
-from nanostream.auth.pacing import HANDSHAKES_PER_TURN, HandshakePacer
+from nanostream.auth.pacing import (
+    HANDSHAKES_PER_TURN,
+    TURN_SECONDS,
+    HandshakePacer,
+)
 
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\n"
 
@@ -98,6 +102,44 @@ class PacerTests(SynchronousTestCase):
         self.pacer.forget(gone)
         reactor_turn(self.clock)
         self.assertEqual(self.turns, ["stays"])
+
+    def paced(self, per_turn: int, share: float) -> tuple[HandshakePacer, list]:
+        """A pacer whose handshakes each take ``share`` of a turn's time."""
+        now = [0.0]
+        turns = self.turns
+
+        class Timed(Connection):
+            def handshake_turn(self) -> None:
+                super().handshake_turn()
+                now[0] += share * TURN_SECONDS
+
+        pacer = HandshakePacer(self.clock, per_turn=per_turn, timer=lambda: now[0])
+        return pacer, [Timed(name, turns) for name in "abcdefg"]
+
+    @staticmethod
+    def arrive(pacer: HandshakePacer, connections: list) -> None:
+        """Requests arrive; those let through are answered there and then."""
+        for connection in connections:
+            if pacer.take(connection):
+                connection.handshake_turn()
+
+    def test_slow_handshakes_end_the_turn_early(self) -> None:
+        """On a slow core the turn's time, not the count, ends it: the first
+        of a turn always goes, one more may start within the time."""
+        pacer, connections = self.paced(per_turn=4, share=0.6)
+        self.arrive(pacer, connections[:5])
+        self.assertEqual(self.turns, ["a", "b"])
+        reactor_turn(self.clock)
+        self.assertEqual(self.turns, ["a", "b", "c", "d"])
+        reactor_turn(self.clock)
+        self.assertEqual(self.turns, ["a", "b", "c", "d", "e"])
+
+    def test_fast_handshakes_keep_the_count(self) -> None:
+        pacer, connections = self.paced(per_turn=3, share=0.1)
+        self.arrive(pacer, connections)
+        self.assertEqual(self.turns, ["a", "b", "c"])
+        reactor_turn(self.clock)
+        self.assertEqual(self.turns, ["a", "b", "c", "d", "e", "f"])
 
     def test_quiet_pacer_leaves_no_timer(self) -> None:
         self.pacer.take(self.connection("a"))

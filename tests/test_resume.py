@@ -15,7 +15,7 @@ from nanostream.broadcast import Broadcaster
 from nanostream.resume.history import History
 from nanostream.resume.ids import format_key, parse_id
 from nanostream.resume.replay import CHUNK_BYTES
-from nanostream.resume.turns import STEP_BYTES, TURN_BYTES
+from nanostream.resume.turns import STEP_BYTES, TURN_BYTES, TURN_SECONDS, Turns
 
 START = 1_700_000_000.0
 START_MS = b"1700000000000"
@@ -289,6 +289,25 @@ class ResumeTests(Fixture):
         self.turn()
         # The next turn goes on with those that waited, in order.
         self.assertTrue(all(c.writes for c in waited[:served]))
+
+    def test_a_turn_has_a_time_budget(self) -> None:
+        """Steps slower than their bytes suggest end the turn by its time."""
+        now = [0.0]
+        ran: list[int] = []
+        turns = Turns(self.clock, timer=lambda: now[0])
+
+        def step(n: int) -> int:
+            ran.append(n)
+            now[0] += 0.4 * TURN_SECONDS
+            return 1
+
+        for n in range(5):
+            turns.soon(lambda n=n: step(n))
+        self.turn()
+        # Started at 0, 0.4 and 0.8 of the time; the fourth would start past it.
+        self.assertEqual(ran, [0, 1, 2])
+        self.turn()
+        self.assertEqual(ran, [0, 1, 2, 3, 4])
 
     def test_socket_tails_wait_for_a_turn(self) -> None:
         """Over sockets that take part of each chunk, the replays' bytes are

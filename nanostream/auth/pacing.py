@@ -4,7 +4,8 @@ A handshake (parse, token check, ledger, answer) costs far more than a
 delivery.  When a thousand clients reconnect at once, their requests arrive
 in one poll of the reactor, and answering them all before the next poll
 would hold every live line back for the whole burst.  The pacer answers at
-most :data:`HANDSHAKES_PER_TURN` in a turn; the rest keep their bytes and
+most :data:`HANDSHAKES_PER_TURN` in a turn, and none after the turn's
+handshakes have taken :data:`TURN_SECONDS`; the rest keep their bytes and
 wait, in arrival order, for the next turns, between which the reactor reads
 the source and writes to clients as usual.  Nothing is delayed while the
 bound is not reached: a handshake under it is answered at once.
@@ -12,6 +13,7 @@ bound is not reached: a handshake under it is answered at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -21,6 +23,11 @@ from twisted.internet.interfaces import IReactorTime
 #: reconnect storm's live p99 further above its quiet value, and the bursts
 #: no faster (docs/performance.rst, "Reconnect storms").
 HANDSHAKES_PER_TURN = 4
+
+#: Time after the turn's first handshake that no other may start: the count
+#: alone is machine-bound, and a core three times slower made the same four
+#: hold a live line back 3-4 ms.
+TURN_SECONDS = 0.001
 
 
 class Waiting(Protocol):
@@ -34,11 +41,21 @@ class HandshakePacer:
     """Lets at most ``per_turn`` handshakes through each reactor turn."""
 
     def __init__(
-        self, clock: IReactorTime, per_turn: int = HANDSHAKES_PER_TURN
+        self,
+        clock: IReactorTime,
+        per_turn: int = HANDSHAKES_PER_TURN,
+        seconds: float = TURN_SECONDS,
+        timer: Callable[[], float] | None = None,
     ) -> None:
+        """
+        :param timer: what measures a turn's time; the clock's by default.
+        """
         self._clock = clock
         self._per_turn = per_turn
+        self._seconds = seconds
+        self._timer = clock.seconds if timer is None else timer
         self._used = 0
+        self._started = 0.0
         # A dict, ordered and with O(1) membership, as the waiting queue.
         self._waiting: dict[Waiting, None] = {}
         self._scheduled = False
@@ -51,7 +68,7 @@ class HandshakePacer:
         """
         if connection in self._waiting:
             return False
-        if self._used < self._per_turn and not self._waiting:
+        if not self._waiting and self._may_start():
             self._used += 1
             self._next_turn_soon()
             return True
@@ -67,6 +84,16 @@ class HandshakePacer:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def _may_start(self) -> bool:
+        """Whether one more handshake fits in this turn's count and time."""
+        if not self._used:
+            self._started = self._timer()
+            return True
+        return (
+            self._used < self._per_turn
+            and self._timer() - self._started < self._seconds
+        )
+
     def _next_turn_soon(self) -> None:
         if not self._scheduled:
             self._scheduled = True
@@ -76,7 +103,7 @@ class HandshakePacer:
         self._scheduled = False
         self._used = 0
         waiting = self._waiting
-        while waiting and self._used < self._per_turn:
+        while waiting and self._may_start():
             connection = next(iter(waiting))
             del waiting[connection]
             self._used += 1

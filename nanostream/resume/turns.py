@@ -1,8 +1,9 @@
 """Sharing the reactor between replays, and their framed chunks between clients.
 
 Replays take turns (:class:`Turns`): each gets at most one chunk per
-reactor turn and all of them together at most :data:`TURN_BYTES`, so a
-storm of resumes never holds up the live feed for long.  An aligned chunk
+reactor turn and all of them together at most :data:`TURN_BYTES` and
+:data:`TURN_SECONDS`, so a storm of resumes never holds up the live feed
+for long.  An aligned chunk
 of the history is framed once (:class:`FramedChunks`) however many
 replaying clients it is written to.
 """
@@ -19,6 +20,10 @@ from twisted.internet.interfaces import IReactorTime
 #: waits no longer than that for them (docs/performance.rst).
 TURN_BYTES = 256 * 1024
 
+#: Time a turn's steps may take, whatever the bytes: on a slower core the
+#: byte budget alone took 3-4 ms.
+TURN_SECONDS = 0.001
+
 #: What a step counts against the budget at least, however little it wrote:
 #: a step that finds the client's socket full, or frames a chunk, costs
 #: time too, and a thousand of them in one turn measured 10 ms.
@@ -32,13 +37,24 @@ class Turns:
     """Runs ready replays' next steps, in order, within a budget per turn.
 
     A step returns the bytes it wrote, counted as at least
-    :data:`STEP_BYTES`; once a turn's steps have spent :data:`TURN_BYTES`,
-    the rest wait for the next turn.
+    :data:`STEP_BYTES`; once a turn's steps have spent :data:`TURN_BYTES`
+    or taken ``seconds``, the rest wait for the next turn.
     """
 
-    def __init__(self, clock: IReactorTime, budget: int = TURN_BYTES) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        budget: int = TURN_BYTES,
+        seconds: float = TURN_SECONDS,
+        timer: Callable[[], float] | None = None,
+    ) -> None:
+        """
+        :param timer: what measures a turn's time; the clock's by default.
+        """
         self._clock = clock
         self._budget = budget
+        self._seconds = seconds
+        self._timer = clock.seconds if timer is None else timer
         self._ready: deque[Callable[[], int]] = deque()
         self._scheduled = False
 
@@ -52,9 +68,11 @@ class Turns:
         self._scheduled = False
         ready = self._ready
         spent = 0
+        timer = self._timer
+        deadline = timer() + self._seconds
         # Only the steps ready when the turn began: those they schedule wait.
         for _ in range(len(ready)):
-            if spent >= self._budget:
+            if spent >= self._budget or (spent and timer() >= deadline):
                 break
             spent += max(ready.popleft()(), STEP_BYTES)
         if ready and not self._scheduled:
