@@ -8,6 +8,8 @@ Once bound, a port accepts a bounded number of connections per reactor turn.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
@@ -33,9 +35,21 @@ _log = Logger()
 #: wait; the kernel's backlog holds them meanwhile.
 ACCEPTS_PER_TURN = 16
 
+#: Time one read's accepts may take.  A read that took longer halves the
+#: next read's share, down to one; one that took under half of it doubles
+#: the share again, up to :data:`ACCEPTS_PER_TURN`: on a slower core the
+#: sixteen took some 3 ms.
+ACCEPT_SECONDS = 0.001
 
-def bound_accepts(port: Any, per_turn: int = ACCEPTS_PER_TURN) -> None:
-    """Make ``port`` accept at most ``per_turn`` connections per read.
+
+def bound_accepts(
+    port: Any,
+    per_turn: int = ACCEPTS_PER_TURN,
+    seconds: float = ACCEPT_SECONDS,
+    timer: Callable[[], float] = time.perf_counter,
+) -> None:
+    """Make ``port`` accept at most ``per_turn`` connections per read, fewer
+    while its reads take longer than ``seconds``.
 
     Ports that do not accept in batches (anything without Twisted's
     ``numberAccepts``) are left as they are.
@@ -43,11 +57,24 @@ def bound_accepts(port: Any, per_turn: int = ACCEPTS_PER_TURN) -> None:
     if not hasattr(port, "numberAccepts"):
         return
     read = port.doRead
+    share = per_turn
 
     def doRead() -> object:
+        nonlocal share
         # Twisted raises its own figure after a full read: cap it each time.
-        port.numberAccepts = min(port.numberAccepts, per_turn)
-        return read()
+        asked = port.numberAccepts = min(port.numberAccepts, share)
+        started = timer()
+        try:
+            return read()
+        finally:
+            took = timer() - started
+            # Twisted adds 20 after a full read, else keeps what it took.
+            done = port.numberAccepts
+            accepted = asked if done == asked + 20 else done
+            if took > seconds:
+                share = max(1, accepted // 2)
+            elif took < seconds / 2:
+                share = min(per_turn, share * 2)
 
     port.doRead = doRead
 

@@ -20,6 +20,7 @@ from twisted.logger import LogEvent, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.listening import (
+    ACCEPT_SECONDS,
     ACCEPTS_PER_TURN,
     AnnouncedEndpoint,
     announced_service,
@@ -151,7 +152,7 @@ class BoundAcceptsTests(SynchronousTestCase):
 
     def test_reads_take_at_most_the_bound(self) -> None:
         """40 waiting clients take reads of 16, 16 and 8; none is lost."""
-        bound_accepts(self.port)
+        bound_accepts(self.port, timer=lambda: 0.0)
         self.connect(40)
         reads = [self.accepted_by_read() for _ in range(3)]
         self.assertEqual(reads, [ACCEPTS_PER_TURN, ACCEPTS_PER_TURN, 8])
@@ -159,10 +160,28 @@ class BoundAcceptsTests(SynchronousTestCase):
 
     def test_the_bound_holds_after_full_reads(self) -> None:
         """Twisted's own growth after a full read does not lift the bound."""
-        bound_accepts(self.port, per_turn=3)
+        bound_accepts(self.port, per_turn=3, timer=lambda: 0.0)
         self.connect(12)
         self.assertEqual([self.accepted_by_read() for _ in range(4)], [3, 3, 3, 3])
         self.assertLessEqual(self.port.numberAccepts, 3 + 20)
+
+    def test_slow_reads_take_fewer(self) -> None:
+        """Reads slower than their time halve the share; fast ones double it."""
+        now = [0.0]
+        took = [2 * ACCEPT_SECONDS]
+
+        def timer() -> float:
+            now[0] += took[0]  # a read is the time between two calls
+            return now[0]
+
+        bound_accepts(self.port, timer=timer)
+        self.connect(45)  # within Twisted's backlog of 50
+        slow = [self.accepted_by_read() for _ in range(4)]
+        self.assertEqual(slow, [ACCEPTS_PER_TURN, 8, 4, 2])
+        took[0] = ACCEPT_SECONDS / 4
+        fast = [self.accepted_by_read() for _ in range(4)]
+        self.assertEqual(fast, [1, 2, 4, 8])
+        self.assertEqual(len(self.built), sum(slow + fast))
 
     def test_unbounded_port_takes_them_all(self) -> None:
         """Without the bound one read takes every waiting client (the default)."""
