@@ -143,12 +143,15 @@ def line_source(
 
 def upkeep(server: Server, reactor: Any) -> tuple[MemoryTrimmer | None, list[Service]]:
     """Timed full collections, the memory trimmer (where malloc can trim)
-    and the ledger's pruner."""
-    services: list[Service] = [TimedFullCollections(clock=reactor)]
+    and the ledger's pruner; the first two wait while clients are let in."""
+    busy = server.letting_in
+    services: list[Service] = [TimedFullCollections(clock=reactor, busy=busy)]
     trimmer = None
     release = releaser(malloc_trim())
     if release is not None:
-        trimmer = MemoryTrimmer(server.tracker, server.ledger, release, reactor)
+        trimmer = MemoryTrimmer(
+            server.tracker, server.ledger, release, reactor, busy=busy
+        )
         services.append(trimmer)
     if isinstance(server.ledger, MemoryLedger):
         services.append(ledger_pruner(server.ledger, reactor))

@@ -142,6 +142,11 @@ class Broadcaster:
     def __len__(self) -> int:
         return len(self._raw) + len(self._v1) + len(self._replays)
 
+    @property
+    def replaying(self) -> int:
+        """Clients still being caught up by a replay."""
+        return len(self._replays)
+
     def add(self, sink: ClientSink, *, with_ids: bool = False) -> None:
         """Join the live feed: raw, or ``nanostream.v1`` with ``with_ids``."""
         (self._v1 if with_ids else self._raw)[sink] = None

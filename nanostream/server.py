@@ -38,6 +38,15 @@ class Server:
     #: The used-token ledger; None without tokens.
     ledger: ILedger | None
 
+    def letting_in(self) -> bool:
+        """Whether a wave of clients is being let in: handshakes wait for
+        their turn, or replays are catching clients up.
+
+        Upkeep that holds the reactor for milliseconds (a full collection, a
+        memory release) waits for the wave to pass.
+        """
+        return bool(self.factory.handshake_pacer.waiting or self.broadcaster.replaying)
+
 
 def make_server(
     key: bytes | None = None,

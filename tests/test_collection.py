@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.ops.collection import (
+    CHECK_STEP,
     FULL_COLLECTION_INTERVAL,
     NEVER,
     TimedFullCollections,
@@ -75,3 +76,28 @@ class TimedFullCollectionsTests(SynchronousTestCase):
         self.assertEqual(freed, [])
         self.clock.advance(FULL_COLLECTION_INTERVAL)
         self.assertEqual(freed, [True, True])
+
+    def test_waits_while_clients_are_let_in(self) -> None:
+        """A collection due in a wave of clients runs once the wave is past."""
+        busy = [False]
+        service = TimedFullCollections(clock=self.clock, busy=lambda: busy[0])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(self.full), 1)
+        busy[0] = True
+        self.clock.pump([1.0] * int(FULL_COLLECTION_INTERVAL + 5))
+        self.assertEqual(len(self.full), 1)
+        busy[0] = False
+        self.clock.advance(CHECK_STEP)
+        self.assertEqual(len(self.full), 2)
+        self.assertEqual(service.collections, 2)
+
+    def test_waits_at_most_another_interval(self) -> None:
+        """Clients let in without end do not put collections off for ever."""
+        service = TimedFullCollections(clock=self.clock, busy=lambda: True)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.clock.pump([1.0] * int(2 * FULL_COLLECTION_INTERVAL - 1))
+        self.assertEqual(len(self.full), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.full), 2)

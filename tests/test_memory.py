@@ -196,6 +196,24 @@ class TrimmerTests(SynchronousTestCase):
             self.tick()
         self.assertEqual(self.release.calls, 1)
 
+    def test_waits_while_clients_are_let_in(self) -> None:
+        """A fall found while clients come back is released at a later check."""
+        busy = [True]
+        self.trimmer.stopService()
+        self.trimmer = MemoryTrimmer(
+            self.tracker, self.ledger, self.release, self.clock, busy=lambda: busy[0]
+        )
+        self.trimmer.startService()
+        self.addCleanup(self.trimmer.stopService)
+        self.open(1000)
+        self.tick()
+        self.close(600)
+        self.tick()
+        self.assertEqual(self.release.calls, 0)
+        busy[0] = False
+        self.tick()
+        self.assertEqual(self.release.calls, 1)
+
     def test_peak_between_two_checks(self) -> None:
         """Clients that came and went between two checks still count."""
         self.tick()

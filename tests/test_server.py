@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from support import NOW, SECRET, mint
+from test_broadcast import FakeClient
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.auth import reasons
 from nanostream.auth.admission import Refused
 from nanostream.auth.ledger import MemoryLedger
+from nanostream.auth.pacing import HANDSHAKES_PER_TURN
 from nanostream.auth.tokens import TokenVerifier
 from nanostream.server import Server, make_server
 
@@ -119,3 +121,52 @@ class MakeServerTests(SynchronousTestCase):
         self.assertIs(factory.admission, server.admission)
         self.assertIs(factory.broadcaster, server.broadcaster)
         self.assertIs(factory.tracker, server.tracker)
+
+
+class LettingInTests(SynchronousTestCase):
+    """``letting_in``: what upkeep asks before holding the reactor."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.server = make_server(SECRET, reactor=self.clock)
+
+    def test_quiet_server(self) -> None:
+        self.assertFalse(self.server.letting_in())
+
+    def test_handshakes_waiting_for_their_turn(self) -> None:
+        """Once a turn's handshakes are used up, the next waits: a wave."""
+        pacer = self.server.factory.handshake_pacer
+        arrivals = [WaitingHandshake() for _ in range(HANDSHAKES_PER_TURN + 1)]
+        taken = [pacer.take(arrival) for arrival in arrivals]
+        self.assertEqual(taken[-1], False)
+        self.assertTrue(self.server.letting_in())
+        self.clock.advance(0)
+        self.assertEqual(arrivals[-1].turns, 1)
+        self.assertFalse(self.server.letting_in())
+
+    def test_replay_catching_a_client_up(self) -> None:
+        """A resume in progress counts until its client is live."""
+        broadcaster = self.server.broadcaster
+        broadcaster.broadcast([b"line %d" % n for n in range(1, 4)])
+        first = b"%d-1" % int(NOW * 1000)
+        client = FakeClient()
+        broadcaster.resume(client.sink, first)
+        self.assertEqual(broadcaster.replaying, 1)
+        self.assertTrue(self.server.letting_in())
+        for _ in range(100):
+            if not self.clock.getDelayedCalls():
+                break
+            self.clock.advance(0)
+        self.assertEqual(broadcaster.replaying, 0)
+        self.assertFalse(self.server.letting_in())
+
+
+class WaitingHandshake:
+    """A connection the pacer may keep waiting."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def handshake_turn(self) -> None:
+        self.turns += 1

@@ -104,13 +104,20 @@ class MemoryTrimmer(TimerService):
         *,
         interval: float = CHECK_INTERVAL,
         min_drop: int = MIN_DROP,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
+        """
+        :param busy: whether a release should wait for the next check:
+            clients are being let in, often the very ones whose leaving
+            halved the load, and a release holds the reactor for 5-15 ms.
+        """
         super().__init__(interval, self.check)
         self.clock = clock
         self._tracker = tracker
         self._ledger = ledger
         self._release = release
         self._min_drop = min_drop
+        self._busy = busy
         self._clients_peak = 0
         self._tokens_peak = 0
         #: Releases so far, read by the metrics.
@@ -125,7 +132,7 @@ class MemoryTrimmer(TimerService):
         if not (
             _fell(clients_peak, clients, self._min_drop)
             or _fell(tokens_peak, tokens, self._min_drop)
-        ):
+        ) or (self._busy is not None and self._busy()):
             self._clients_peak = clients_peak
             self._tokens_peak = tokens_peak
             return False
