@@ -33,10 +33,6 @@ CHECK_STEP = 1.0
 NEVER = 1_000_000_000
 
 
-def _never_busy() -> bool:
-    return False
-
-
 class TimedFullCollections(TimerService):
     """Runs every full collection from a timer while the service runs."""
 
@@ -44,7 +40,7 @@ class TimedFullCollections(TimerService):
         self,
         interval: float = FULL_COLLECTION_INTERVAL,
         clock: IReactorTime | None = None,
-        busy: Callable[[], bool] = _never_busy,
+        busy: Callable[[], bool] | None = None,
         step: float = CHECK_STEP,
     ) -> None:
         """
@@ -69,7 +65,8 @@ class TimedFullCollections(TimerService):
             waited = now - last
             if waited < self._interval:
                 return False
-            if waited < 2 * self._interval and self._busy():
+            busy = self._busy
+            if waited < 2 * self._interval and busy is not None and busy():
                 return False
         self._last = now
         self.collections += 1
