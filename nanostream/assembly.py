@@ -122,7 +122,14 @@ def line_source(
     source = options["source"]
     max_line = options["max-line-bytes"]
     if source == STDIO:
-        return StdioSource(broadcaster, max_line, reactor.stop, reactor, status=status)
+        return StdioSource(
+            broadcaster,
+            max_line,
+            reactor.stop,
+            reactor,
+            status=status,
+            ahead=broadcaster.read_ahead,
+        )
     target = options.get("redis-source")
     if target is not None and target.stream is not None:
         from nanostream.sources.redis_stream import RedisStreamSource

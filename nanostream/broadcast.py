@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from nanostream.resume.history import History
 from nanostream.resume.ids import format_key, key, parse_id
 from nanostream.sinks import ClientSink
+from nanostream.sources.ahead import ReadAhead
 
 if TYPE_CHECKING:
     from nanostream.resume.archive import Archive
@@ -94,10 +95,13 @@ class Broadcaster:
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         clock: IReactorTime | None = None,
         history: History | None = None,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         """
         :param history: where read lines are held for resuming clients;
             by default the standard bounds.
+        :param read_ahead: the source's early reads; by default the
+            standard spacing.
         """
         if clock is None:
             from twisted.internet import reactor
@@ -117,6 +121,9 @@ class Broadcaster:
         # Replays waiting for the source to read further, by client.
         self._waiting: dict[ClientSink, Callable[[], None]] = {}
         self._turns: Turns | None = None
+        #: The source's early reads, taken between the steps of replays and
+        #: of the handshake pacer, so a storm does not hold lines back.
+        self.read_ahead = ReadAhead() if read_ahead is None else read_ahead
         self._framed: FramedChunks
         self._seconds = clock.seconds
         # A source without ids of its own numbers lines <start ms>-<n>.
@@ -157,7 +164,7 @@ class Broadcaster:
         from nanostream.resume.turns import FramedChunks, Turns
 
         if self._turns is None:
-            self._turns = Turns(self.clock)
+            self._turns = Turns(self.clock, between=self.read_ahead)
             self._framed = FramedChunks()
         replay = Replay(self, sink, since, self._turns, self._framed)
         self._replays[sink] = replay

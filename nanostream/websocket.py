@@ -295,7 +295,9 @@ class NanostreamServerFactory(WebSocketServerFactory):
         self.broadcaster = broadcaster
         self.tracker = tracker
         self.max_handshake_bytes = max_handshake_bytes
-        self.handshake_pacer = HandshakePacer(self.reactor)
+        self.handshake_pacer = HandshakePacer(
+            self.reactor, between=broadcaster.read_ahead
+        )
         self.noisy = False
         self.setProtocolOptions(
             webStatus=False,

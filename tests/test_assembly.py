@@ -108,7 +108,10 @@ class MakeServiceTests(SynchronousTestCase):
                 child.privilegedStartService()
                 child.startService()
                 self.addCleanup(child.stopService)
-        self.assertEqual([port for port, *_ in self.reactor.tcpServers], [8080])
+        [(port, factory, *_)] = self.reactor.tcpServers
+        self.assertEqual(port, 8080)
+        # Stdin is read ahead while that factory's broadcaster lets clients in.
+        self.assertIs(sources[0].ahead, factory.broadcaster.read_ahead)
 
     def test_endpoint_source_has_no_stdio(self) -> None:
         """An endpoint --source leaves stdin alone."""

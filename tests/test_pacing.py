@@ -176,6 +176,19 @@ class BurstTests(LimitsTestCase):
         for _, transport in connections:
             self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1)
 
+    def test_source_read_before_each_paced_handshake(self) -> None:
+        """The factory's pacer looks at the source (the broadcaster's read
+        ahead) before each handshake of a turn."""
+        self.limited()
+        reads: list[int] = []
+        ahead = self.factory.broadcaster.read_ahead
+        ahead.spacing = 0
+        ahead.watch(lambda: reads.append(self.answered(connections)))
+        connections = self.burst(HANDSHAKES_PER_TURN + 2)
+        reactor_turn(self.clock)
+        # Before each of the two waiting handshakes, with those before it done.
+        self.assertEqual(reads, [HANDSHAKES_PER_TURN, HANDSHAKES_PER_TURN + 1])
+
     def test_waiting_bytes_count_against_the_bound(self) -> None:
         """A waiting request that outgrows --max-handshake-bytes is refused."""
         self.limited()

@@ -16,6 +16,7 @@ from twisted.logger import LogEvent, LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from nanostream.sources.ahead import ReadAhead
 from nanostream.sources.stdio import StdioSource
 from nanostream.sources.stream import LineSourceFactory, LineSourceProtocol
 
@@ -207,11 +208,13 @@ class StdioSourceTests(TestCase):
         self.eofs: list[None] = []
         self.open_fds: set[int] = set()
         stdin_read, self.stdin_write = self.pipe()
+        self.ahead = ReadAhead(spacing=0)
         self.source = StdioSource(
             self.sink,
             100,
             self.on_eof,
             stdin=stdin_read,
+            ahead=self.ahead,
         )
         self.eof: Deferred[None] = Deferred()
 
@@ -251,6 +254,21 @@ class StdioSourceTests(TestCase):
             self.assertEqual(self.sink.lines, [b"one", b"two"])
             self.assertEqual(self.eofs, [None])
             self.assertFalse(self.source.status.connected)
+
+        return self.eof.addCallback(ended)
+
+    def test_reads_ahead_until_eof(self) -> None:
+        """Lines waiting in stdin are read when the broadcaster looks ahead
+        (no reactor turn needed); at end of input the look stops."""
+        self.start()
+        self.assertEqual(len(self.ahead), 1)
+        os.write(self.stdin_write, b"early\n")
+        self.ahead()
+        self.assertEqual(self.sink.lines, [b"early"])
+        self.close(self.stdin_write)
+
+        def ended(_: None) -> None:
+            self.assertEqual(len(self.ahead), 0)
 
         return self.eof.addCallback(ended)
 

@@ -46,11 +46,16 @@ class HandshakePacer:
         per_turn: int = HANDSHAKES_PER_TURN,
         seconds: float = TURN_SECONDS,
         timer: Callable[[], float] | None = None,
+        between: Callable[[], None] | None = None,
     ) -> None:
         """
         :param timer: what measures a turn's time; the clock's by default.
+        :param between: called before each handshake of a turn (the
+            source's early read), so a live line need not wait for the
+            whole turn.
         """
         self._clock = clock
+        self._between = between
         self._per_turn = per_turn
         self._seconds = seconds
         self._timer = clock.seconds if timer is None else timer
@@ -103,7 +108,12 @@ class HandshakePacer:
         self._scheduled = False
         self._used = 0
         waiting = self._waiting
+        between = self._between
         while waiting and self._may_start():
+            if between is not None:
+                between()
+                if not waiting:
+                    break
             connection = next(iter(waiting))
             del waiting[connection]
             self._used += 1

@@ -47,11 +47,15 @@ class Turns:
         budget: int = TURN_BYTES,
         seconds: float = TURN_SECONDS,
         timer: Callable[[], float] | None = None,
+        between: Callable[[], None] | None = None,
     ) -> None:
         """
         :param timer: what measures a turn's time; the clock's by default.
+        :param between: called before each step (the source's early read),
+            so a live line need not wait for the whole turn.
         """
         self._clock = clock
+        self._between = between
         self._budget = budget
         self._seconds = seconds
         self._timer = clock.seconds if timer is None else timer
@@ -70,10 +74,13 @@ class Turns:
         spent = 0
         timer = self._timer
         deadline = timer() + self._seconds
+        between = self._between
         # Only the steps ready when the turn began: those they schedule wait.
         for _ in range(len(ready)):
             if spent >= self._budget or (spent and timer() >= deadline):
                 break
+            if between is not None:
+                between()
             spent += max(ready.popleft()(), STEP_BYTES)
         if ready and not self._scheduled:
             self._scheduled = True

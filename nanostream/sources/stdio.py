@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.sources import LineSink, SourceStatus
+from nanostream.sources.ahead import ReadAhead
 from nanostream.sources.pipe import PipeReader
 from nanostream.sources.stream import LineSourceProtocol
 
@@ -32,10 +33,15 @@ class StdioSource(Service):
         status: SourceStatus | None = None,
         *,
         stdin: int = 0,
+        ahead: ReadAhead | None = None,
     ) -> None:
         """
         :param stdin: the descriptor to read; tests hand in a pipe instead.
+        :param ahead: where to offer the reader's early reads (the
+            broadcaster's, while clients are let in).
         """
+        #: Where the reader's early reads are offered; None for none.
+        self.ahead = ahead
         self.status = SourceStatus() if status is None else status
         self._stdin = stdin
         self._sink = sink
@@ -52,8 +58,12 @@ class StdioSource(Service):
         _log.info("source: stdin")
         self.status.up("reading stdin")
         self._reader = PipeReader(self._stdin, protocol, self._reactor)
+        if self.ahead is not None:
+            self.ahead.watch(self._reader.read_waiting)
 
     def _ended(self, reason: Failure) -> None:
+        if self.ahead is not None and self._reader is not None:
+            self.ahead.unwatch(self._reader.read_waiting)
         self._reader = None
         self.status.down("stdin closed")
         if not self.running:
