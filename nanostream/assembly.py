@@ -144,7 +144,9 @@ def line_source(
         from nanostream.sources.redis_pubsub import RedisChannelSource
 
         return RedisChannelSource(broadcaster, max_line, target, reactor, status=status)
-    sources = LineSourceFactory(broadcaster, max_line, status)
+    sources = LineSourceFactory(
+        broadcaster, max_line, status, ahead=broadcaster.read_ahead
+    )
     return announced_service(source, sources, "source", reactor)
 
 

@@ -4,11 +4,15 @@ waits for one handshake or one replay step, not for a whole reactor turn."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 
+import support
 from test_pipe import Recorder
 from test_resume import Fixture, lid, numbered, with_ids
+from test_sources import RecordingSink
 from twisted.internet import reactor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -18,47 +22,89 @@ from nanostream.resume.turns import Turns
 from nanostream.sources.ahead import SPACING, ReadAhead
 from nanostream.sources.pipe import PipeReader
 from nanostream.sources.stdio import StdioSource
+from nanostream.sources.stream import LineSourceFactory
+
+
+class Descriptor:
+    """A readable stand-in: the read end of a pipe, one byte per read."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.r, self.w = os.pipe()
+        test.addCleanup(os.close, self.r)
+        test.addCleanup(os.close, self.w)
+        self.connected = True
+        self.disconnecting = False
+        self.reads: list[bytes] = []
+
+    def fileno(self) -> int:
+        return self.r
+
+    def doRead(self) -> None:
+        self.reads.append(os.read(self.r, 1))
 
 
 class ReadAheadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.now = [100.0]
         self.ahead = ReadAhead(timer=lambda: self.now[0])
-        self.reads: list[str] = []
 
-    def test_each_look_calls_every_read(self) -> None:
-        self.ahead.watch(lambda: self.reads.append("a"))
-        self.ahead.watch(lambda: self.reads.append("b"))
-        self.assertEqual(len(self.ahead), 2)
+    def descriptor(self, waiting: bytes = b"") -> Descriptor:
+        descriptor = Descriptor(self)
+        if waiting:
+            os.write(descriptor.w, waiting)
+        self.ahead.watch(descriptor)
+        return descriptor
+
+    def test_reads_only_where_input_waits(self) -> None:
+        a, b, c = self.descriptor(b"a"), self.descriptor(), self.descriptor(b"c")
+        self.assertEqual(len(self.ahead), 3)
         self.ahead()
-        self.assertEqual(self.reads, ["a", "b"])
+        self.assertEqual((a.reads, b.reads, c.reads), ([b"a"], [], [b"c"]))
 
     def test_looks_are_spaced(self) -> None:
         """A look within ``spacing`` of the last is skipped: the poll is cheap,
         but a thousand steps of a turn need not each pay it."""
-        self.ahead.watch(lambda: self.reads.append("a"))
+        d = self.descriptor(b"1")
         self.ahead()
+        os.write(d.w, b"2")
         self.now[0] += SPACING / 2
         self.ahead()
-        self.assertEqual(self.reads, ["a"])
+        self.assertEqual(d.reads, [b"1"])
         self.now[0] += SPACING / 2
         self.ahead()
-        self.assertEqual(self.reads, ["a", "a"])
+        self.assertEqual(d.reads, [b"1", b"2"])
 
-    def test_unwatched_read_is_not_called(self) -> None:
-        def read() -> None:
-            self.reads.append("a")
-
-        self.ahead.watch(read)
-        self.ahead.unwatch(read)
-        self.ahead.unwatch(read)  # twice is harmless
+    def test_unwatched_is_not_read(self) -> None:
+        d = self.descriptor(b"x")
+        self.ahead.unwatch(d)
+        self.ahead.unwatch(d)  # twice is harmless
         self.ahead()
-        self.assertEqual(self.reads, [])
+        self.assertEqual((d.reads, len(self.ahead)), ([], 0))
+
+    def test_closing_or_closed_is_left_to_the_reactor(self) -> None:
+        closing, closed = self.descriptor(b"x"), self.descriptor(b"y")
+        closing.disconnecting = True
+        closed.connected = False
+        self.ahead()
+        self.assertEqual((closing.reads, closed.reads), ([], []))
+
+    def test_a_failing_read_is_logged_and_not_tried_again(self) -> None:
+        events = support.capture_logs(self)
+        d = self.descriptor(b"x")
+
+        def fail() -> None:
+            raise RuntimeError("broken protocol")
+
+        d.doRead = fail  # type: ignore[method-assign]
+        self.ahead()
         self.assertEqual(len(self.ahead), 0)
+        self.flushLoggedErrors(RuntimeError)
+        [failure] = [e for e in events if e.get("log_failure") is not None]
+        self.assertIn("reading the source ahead failed", failure["log_format"])
 
 
-class PipeReadWaitingTests(TestCase):
-    """``read_waiting`` reads what waits in the pipe now, without the reactor."""
+class PipeReaderAheadTests(TestCase):
+    """The stdin reader read ahead: what waits is read now, without the reactor."""
 
     def setUp(self) -> None:
         r, self.w = os.pipe()
@@ -66,22 +112,24 @@ class PipeReadWaitingTests(TestCase):
         self.protocol = Recorder()
         self.reader = PipeReader(r, self.protocol, reactor)
         self.addCleanup(self.reader.stopReading)
+        self.ahead = ReadAhead(spacing=0)
+        self.ahead.watch(self.reader)
 
     def test_reads_what_waits(self) -> None:
         os.write(self.w, b"one\n")
-        self.reader.read_waiting()
+        self.ahead()
         self.assertEqual(self.protocol.chunks, [b"one\n"])
         os.close(self.w)
 
     def test_nothing_waiting_reads_nothing(self) -> None:
-        self.reader.read_waiting()
+        self.ahead()
         self.assertEqual(self.protocol.chunks, [])
         os.close(self.w)
 
     def test_no_read_once_closing(self) -> None:
         os.write(self.w, b"one\n")
         self.reader.loseConnection()
-        self.reader.read_waiting()
+        self.ahead()
         self.assertEqual(self.protocol.chunks, [])
         os.close(self.w)
         return self.protocol.lost
@@ -90,7 +138,7 @@ class PipeReadWaitingTests(TestCase):
         """At end of input nothing is handed on and the reader does not end
         there; the reactor's own read ends it, once."""
         os.close(self.w)
-        self.reader.read_waiting()
+        self.ahead()
         self.assertFalse(self.protocol.lost.called)
         self.assertEqual(self.protocol.chunks, [])
         return self.protocol.lost
@@ -166,3 +214,30 @@ class StdinAheadOfReplaysTests(Fixture):
                 [m for m in client.messages() if not m.startswith(b"!")],
                 with_ids(2, 81),
             )
+
+
+class EndpointAheadTests(TestCase):
+    """A producer's TCP connection is read ahead while it is open."""
+
+    async def test_producer_read_ahead_while_connected(self) -> None:
+        sink = RecordingSink()
+        ahead = ReadAhead(spacing=0)
+        factory = LineSourceFactory(sink, 100, ahead=ahead)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        producer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(producer.close)
+        while not len(ahead):
+            await deferLater(reactor, 0.01)
+        producer.sendall(b"early\n")
+        # No reactor turn from here on: only a read ahead takes the line.
+        for _ in range(500):
+            ahead()
+            if sink.lines:
+                break
+            time.sleep(0.002)
+        self.assertEqual(sink.lines, [b"early"])
+        producer.close()
+        while factory.producers:
+            await deferLater(reactor, 0.01)
+        self.assertEqual(len(ahead), 0)

@@ -80,6 +80,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIs(ssl_factory, listening[8080])
         self.assertIs(unix_factory, listening[8080])
         self.assertIsInstance(listening[9000], LineSourceFactory)
+        # Producers are read ahead while the broadcaster lets clients in.
+        self.assertIs(listening[9000].ahead, listening[8080].broadcaster.read_ahead)
         self.assertEqual(
             sorted(self.announced()),
             [

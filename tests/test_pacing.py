@@ -7,7 +7,10 @@ writes to clients.  Nothing waits while the bound is not reached.
 
 from __future__ import annotations
 
+import os
+
 from support import mint, reactor_turn
+from test_ahead import Descriptor
 from test_limits import DEFAULT_MAX_HANDSHAKE_BYTES, LimitsTestCase, request
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -183,7 +186,10 @@ class BurstTests(LimitsTestCase):
         reads: list[int] = []
         ahead = self.factory.broadcaster.read_ahead
         ahead.spacing = 0
-        ahead.watch(lambda: reads.append(self.answered(connections)))
+        source = Descriptor(self)
+        source.doRead = lambda: reads.append(self.answered(connections))  # type: ignore[method-assign]
+        os.write(source.w, b"lines waiting")
+        ahead.watch(source)
         connections = self.burst(HANDSHAKES_PER_TURN + 2)
         reactor_turn(self.clock)
         # Before each of the two waiting handshakes, with those before it done.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
 import stat
 
 from twisted.internet import abstract, fdesc, main
@@ -56,8 +55,6 @@ class PipeReader(abstract.FileDescriptor):
         self.protocol: Protocol | None = protocol
         fdesc.setNonBlocking(fd)
         widen_pipe(fd)
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
         self.connected = True
         protocol.makeConnection(self)
         self.startReading()
@@ -82,17 +79,6 @@ class PipeReader(abstract.FileDescriptor):
         if self.protocol is not None:
             self.protocol.dataReceived(self._view[:size].tobytes())
         return None
-
-    def read_waiting(self) -> None:
-        """Read now if input waits, ahead of the reactor's own read.
-
-        End of input or an error found here is left alone: the reactor's
-        next look at the descriptor finds it again and ends the reader.
-        """
-        if self.disconnecting or self.protocol is None:
-            return
-        if self._poller.poll(0):
-            self.doRead()
 
     def writeSomeData(self, data: bytes) -> int:
         raise RuntimeError("a source pipe is read-only")

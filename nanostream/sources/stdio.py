@@ -59,11 +59,11 @@ class StdioSource(Service):
         self.status.up("reading stdin")
         self._reader = PipeReader(self._stdin, protocol, self._reactor)
         if self.ahead is not None:
-            self.ahead.watch(self._reader.read_waiting)
+            self.ahead.watch(self._reader)
 
     def _ended(self, reason: Failure) -> None:
         if self.ahead is not None and self._reader is not None:
-            self.ahead.unwatch(self._reader.read_waiting)
+            self.ahead.unwatch(self._reader)
         self._reader = None
         self.status.down("stdin closed")
         if not self.running:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -11,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nanostream.sources import LineSink, SourceStatus
+from nanostream.sources.ahead import ReadAhead
 from nanostream.sources.splitter import LineSplitter
 
 _log = Logger()
@@ -30,12 +32,26 @@ class LineSourceProtocol(Protocol):
         name: str,
         on_end: Callable[[Failure], None] | None = None,
         status: SourceStatus | None = None,
+        ahead: ReadAhead | None = None,
     ) -> None:
+        """
+        :param ahead: where a producer's connection is offered for early
+            reads (the broadcaster's, while clients are let in).
+        """
         self._sink = sink
         self._name = name
         self._on_end = on_end
         self._status = SourceStatus() if status is None else status
         self._splitter = LineSplitter(max_line_bytes, self._overlong)
+        self._ahead = ahead
+        self._watched: FileDescriptor | None = None
+
+    def connectionMade(self) -> None:
+        # A TCP or UNIX connection is read by the reactor itself; TLS reads
+        # through a wrapper, and is left to the reactor's turn.
+        if self._ahead is not None and isinstance(self.transport, FileDescriptor):
+            self._watched = self.transport
+            self._ahead.watch(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         lines = self._splitter.feed(data)
@@ -49,6 +65,9 @@ class LineSourceProtocol(Protocol):
         unfinished line is a fragment and is discarded: lines are never
         truncated.
         """
+        if self._watched is not None and self._ahead is not None:
+            self._ahead.unwatch(self._watched)
+            self._watched = None
         lines = self._splitter.finish()
         if lines and not reason.check(ConnectionDone):
             _log.warn(
@@ -83,9 +102,16 @@ class LineSourceFactory(Factory):
         sink: LineSink,
         max_line_bytes: int,
         status: SourceStatus | None = None,
+        ahead: ReadAhead | None = None,
     ) -> None:
+        """
+        :param ahead: where producers' connections are offered for early
+            reads (the broadcaster's, while clients are let in).
+        """
         self._sink = sink
         self._max_line_bytes = max_line_bytes
+        #: Where producers' connections are offered for early reads.
+        self.ahead = ahead
         self.status = SourceStatus() if status is None else status
         self.status.down("no producer connected")
         self.producers = 0
@@ -113,7 +139,7 @@ class LineSourceFactory(Factory):
             )
 
         return LineSourceProtocol(
-            self._sink, self._max_line_bytes, name, ended, self.status
+            self._sink, self._max_line_bytes, name, ended, self.status, self.ahead
         )
 
 
