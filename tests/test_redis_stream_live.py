@@ -7,6 +7,8 @@ lock clients out use a private redis-server (see :mod:`redis_server`).
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from nanostream.redis.backoff import Backoff
+from nanostream.redis.streams import StreamReader, make_client
 from nanostream.redis.url import RedisTarget, parse_redis_url
 from nanostream.sources.redis_stream import RedisStreamSource
 
@@ -337,3 +340,50 @@ class OutageTests(StreamLiveTestCase):
         yield self.sink.wait_for(1)
         self.assertEqual(self.sink.events, ["gap", [(kept, b"kept")]])
         self.assertEqual(source.source_gaps, 1)
+
+
+class StreamReaderLiveTests(TestCase):
+    """One read: the blocking wait, then the script's entries and counters."""
+
+    def setUp(self) -> None:
+        target = parse_redis_url(shared_redis(self), channel=False)
+        self.key = unique("reader").encode()
+        self.redis = RedisClient(target)
+        self.addCleanup(self.redis.close)
+        self.addCleanup(self.redis.call, "DEL", self.key)
+        self.reader = StreamReader(make_client(target), self.key, block_ms=5000)
+        self.addCleanup(self.reader.close)
+
+    def test_waiting_entries_return_at_once_with_their_counters(self) -> None:
+        first = self.redis.call("XADD", self.key, "*", "line", "a")
+        self.redis.call("XADD", self.key, "*", "line", "b")
+        started = time.monotonic()
+        read = self.reader.read(b"0-0")
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual(
+            [fields for _, fields in read.entries], [{b"line": b"a"}, {b"line": b"b"}]
+        )
+        self.assertEqual(read.entries[0][0], first)
+        self.assertEqual((read.snapshot.length, read.snapshot.entries_added), (2, 2))
+
+    def test_a_read_wakes_for_the_next_entry(self) -> None:
+        """The entry added while the read waits comes back with the counters
+        of the instant it was taken."""
+        last = self.redis.call("XADD", self.key, "*", "line", "old")
+
+        def add() -> None:
+            with RedisClient(self.redis.target) as client:
+                client.call("XADD", self.key, "*", "line", "new")
+
+        added = threading.Timer(0.2, add)
+        added.start()
+        self.addCleanup(added.join)
+        read = self.reader.read(last)
+        self.assertEqual([fields for _, fields in read.entries], [{b"line": b"new"}])
+        self.assertEqual(read.snapshot.entries_added, 2)
+        self.assertEqual(read.snapshot.last_generated, read.entries[0][0])
+
+    def test_missing_stream_reads_empty_after_the_wait(self) -> None:
+        self.reader.block_ms = 50
+        read = self.reader.read(b"0-0")
+        self.assertEqual((read.entries, read.snapshot.exists), ([], False))

@@ -4,14 +4,17 @@ redis-py is the client for streams (see docs/decisions.rst, "Redis client
 for streams"): it is kept up to date and speaks Redis Cluster
 (:mod:`nanostream.redis.cluster` picks the client when it first connects;
 a stream's commands all name its one key, so on a Cluster they all go to
-the master of its slot, ``MULTI`` included).  Its calls
+the master of its slot, the script included).  Its calls
 block, so the stream source runs each of them in a thread of its own and
 gets the result back in the reactor thread; nothing here touches Twisted.
 
-Every read is taken together with the stream's counters in one
-``MULTI``/``EXEC``, so that what was read and what the stream had added and
-dropped describe the same instant (see :mod:`nanostream.sources.redis_stream`
-for the rule; :class:`Accounting` applies it).
+Every read is taken together with the stream's counters in one script,
+which Redis runs at one instant, so that what was read and what the stream
+had added and dropped describe the same moment (see
+:mod:`nanostream.sources.redis_stream` for the rule; :class:`Accounting`
+applies it).  The script is sent in one pipeline behind the blocking
+``XREAD`` that waits for the next entry: Redis runs it as soon as that read
+wakes, and a new entry costs one round trip, not two.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ BLOCK_MS = 1000
 REPLY_TIMEOUT = 10.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+#: The stream's counters and the entries after a position, at one instant
+#: (a script runs atomically).  A missing stream is the error of ``XINFO``.
+TAKE = """
+local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+local entries = redis.call('XREAD', 'COUNT', ARGV[2], 'STREAMS', KEYS[1], ARGV[1])
+return {info, entries}
+"""
 
 
 @dataclass(frozen=True)
@@ -154,21 +165,20 @@ class StreamReader:
         return Snapshot.of(info)
 
     def read(self, after: bytes) -> Read:
-        """Entries after ``after``, waiting up to ``block_ms`` for the first."""
-        taken = self._take(after)
-        if taken.entries:
-            return taken
-        if not self.client.xread({self.key: after}, count=1, block=self.block_ms):
-            return taken
-        return self._take(after)
+        """Entries after ``after``, waiting up to ``block_ms`` for the first.
 
-    def _take(self, after: bytes) -> Read:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xinfo_stream(self.key)
-        pipe.xread({self.key: after}, count=self.count)
-        info, reply = pipe.execute(raise_on_error=False)
-        if isinstance(reply, Exception):
-            raise reply
+        The blocking read only wakes us (at once if entries wait); what is
+        returned is what the script behind it took, with its counters.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xread({self.key: after}, count=1, block=self.block_ms)
+        # As a plain command: redis-py's Cluster pipelines refuse ``eval()``.
+        pipe.execute_command("EVAL", TAKE, 1, self.key, after, self.count)
+        woke, taken = pipe.execute(raise_on_error=False)
+        for reply in (woke, taken):
+            if isinstance(reply, Exception):
+                raise reply
+        info, reply = taken
         snapshot = Snapshot.of(_parsed_info(info))
         entries = reply[0][1] if reply else []
         return Read(snapshot, [_parsed_entry(entry) for entry in entries])
@@ -179,11 +189,8 @@ class StreamReader:
 
 
 def _parsed_info(info: Any) -> Any:
-    """``XINFO STREAM`` as a dict, also when it comes back as RESP pairs.
-
-    redis-py's Cluster transactions hand back the raw replies, without the
-    parsing its other paths apply.
-    """
+    """``XINFO STREAM`` as a dict, also when it comes back as RESP pairs
+    (from a script, or a Cluster transaction: raw replies, unparsed)."""
     if not isinstance(info, list):
         return info
     return {
