@@ -145,7 +145,7 @@ class PipeReaderAheadTests(TestCase):
 
 
 class BetweenStepsTests(SynchronousTestCase):
-    """The pacer and the replays' turns look at the source before each step."""
+    """The pacer and the replays' turns look at the source between steps."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -167,14 +167,16 @@ class BetweenStepsTests(SynchronousTestCase):
             pacer.take(Waiting(name, self.events))
         self.clock.advance(0)
         # a, b and c went at once (the bound); d and e in the next turn.
-        self.assertEqual(self.events, ["read", "d", "read", "e"])
+        # Between the turn's two, not before the first (the reactor has just
+        # read its descriptors).
+        self.assertEqual(self.events, ["d", "read", "e"])
 
     def test_replay_turn_reads_before_each_step(self) -> None:
         turns = Turns(self.clock, between=lambda: self.events.append("read"))
         for name in "xyz":
             turns.soon(lambda name=name: self.events.append(name) or 1)
         self.clock.advance(0)
-        self.assertEqual(self.events, ["read", "x", "read", "y", "read", "z"])
+        self.assertEqual(self.events, ["x", "read", "y", "read", "z"])
 
 
 class StdinAheadOfReplaysTests(Fixture):
@@ -214,6 +216,24 @@ class StdinAheadOfReplaysTests(Fixture):
                 [m for m in client.messages() if not m.startswith(b"!")],
                 with_ids(2, 81),
             )
+
+    def test_first_chunk_goes_before_a_line_read_ahead(self) -> None:
+        """A replay woken for its first chunk sends it before the turn reads
+        ahead: with a short history, the line read first would push that
+        chunk out and drop a client that was not behind."""
+        self.history.max_lines = 20
+        self.broadcaster.broadcast(numbered(1, 100))
+        client = self.client(since=lid(10))
+        os.write(self.w, b"line 101\n")
+        self.turn()
+        # The reactor's own read, after the turn.
+        self.broadcaster.read_ahead()
+        self.assertEqual(client.dropped, [])
+        self.assertEqual(
+            client.messages(),
+            [b"!gap " + lid(10) + b" " + lid(81), *with_ids(81, 100), b"!live"]
+            + with_ids(101, 101),
+        )
 
 
 class EndpointAheadTests(TestCase):

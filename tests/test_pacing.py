@@ -181,7 +181,7 @@ class BurstTests(LimitsTestCase):
 
     def test_source_read_before_each_paced_handshake(self) -> None:
         """The factory's pacer looks at the source (the broadcaster's read
-        ahead) before each handshake of a turn."""
+        ahead) between the handshakes of a turn."""
         self.limited()
         reads: list[int] = []
         ahead = self.factory.broadcaster.read_ahead
@@ -190,10 +190,11 @@ class BurstTests(LimitsTestCase):
         source.doRead = lambda: reads.append(self.answered(connections))  # type: ignore[method-assign]
         os.write(source.w, b"lines waiting")
         ahead.watch(source)
-        connections = self.burst(HANDSHAKES_PER_TURN + 2)
+        connections = self.burst(HANDSHAKES_PER_TURN + 3)
         reactor_turn(self.clock)
-        # Before each of the two waiting handshakes, with those before it done.
-        self.assertEqual(reads, [HANDSHAKES_PER_TURN, HANDSHAKES_PER_TURN + 1])
+        # Between the three waiting handshakes of the turn, each with those
+        # before it done; not before the first.
+        self.assertEqual(reads, [HANDSHAKES_PER_TURN + 1, HANDSHAKES_PER_TURN + 2])
 
     def test_waiting_bytes_count_against_the_bound(self) -> None:
         """A waiting request that outgrows --max-handshake-bytes is refused."""

@@ -50,9 +50,10 @@ class HandshakePacer:
     ) -> None:
         """
         :param timer: what measures a turn's time; the clock's by default.
-        :param between: called before each handshake of a turn (the
+        :param between: called between two handshakes of a turn (the
             source's early read), so a live line need not wait for the
-            whole turn.
+            whole turn; not before the first, which comes right after the
+            reactor's own read.
         """
         self._clock = clock
         self._between = between
@@ -110,7 +111,7 @@ class HandshakePacer:
         waiting = self._waiting
         between = self._between
         while waiting and self._may_start():
-            if between is not None:
+            if self._used and between is not None:
                 between()
                 if not waiting:
                     break

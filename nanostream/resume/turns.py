@@ -51,8 +51,12 @@ class Turns:
     ) -> None:
         """
         :param timer: what measures a turn's time; the clock's by default.
-        :param between: called before each step (the source's early read),
-            so a live line need not wait for the whole turn.
+        :param between: called between two steps (the source's early
+            read), so a live line need not wait for the whole turn.  Not
+            before a turn's first step, which comes right after the
+            reactor's own read: a replay woken for its first chunk sends it
+            before a line read ahead can push that chunk out of a short
+            history.
         """
         self._clock = clock
         self._between = between
@@ -79,7 +83,7 @@ class Turns:
         for _ in range(len(ready)):
             if spent >= self._budget or (spent and timer() >= deadline):
                 break
-            if between is not None:
+            if spent and between is not None:
                 between()
             spent += max(ready.popleft()(), STEP_BYTES)
         if ready and not self._scheduled:

@@ -4,7 +4,8 @@ The reactor reads the source once per turn, after the turn's timed work:
 handshakes answered by the pacer, steps of replays, accepts.  Each of those
 is bounded, but together they held a live line back three milliseconds and
 more in a reconnect storm.  Between two handshakes, and between two replay
-steps, the pacer and the replays call :class:`ReadAhead`, which reads a
+steps (not before a turn's first, which follows the reactor's own read),
+the pacer and the replays call :class:`ReadAhead`, which reads a
 source descriptor then and there if input waits on it, so that a line waits
 for one handshake or one step, not for a whole turn.  Nothing changes when
 no input waits: the look is one ``poll`` of the source descriptors, at most
