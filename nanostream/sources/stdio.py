@@ -52,18 +52,21 @@ class StdioSource(Service):
 
     def startService(self) -> None:
         super().startService()
+        # The protocol offers the reader for early reads while it is open,
+        # as it does a producer's connection.
         protocol = LineSourceProtocol(
-            self._sink, self._max_line_bytes, "stdin", self._ended, self.status
+            self._sink,
+            self._max_line_bytes,
+            "stdin",
+            self._ended,
+            self.status,
+            self.ahead,
         )
         _log.info("source: stdin")
         self.status.up("reading stdin")
         self._reader = PipeReader(self._stdin, protocol, self._reactor)
-        if self.ahead is not None:
-            self.ahead.watch(self._reader)
 
     def _ended(self, reason: Failure) -> None:
-        if self.ahead is not None and self._reader is not None:
-            self.ahead.unwatch(self._reader)
         self._reader = None
         self.status.down("stdin closed")
         if not self.running:

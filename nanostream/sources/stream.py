@@ -47,8 +47,8 @@ class LineSourceProtocol(Protocol):
         self._watched: FileDescriptor | None = None
 
     def connectionMade(self) -> None:
-        # A TCP or UNIX connection is read by the reactor itself; TLS reads
-        # through a wrapper, and is left to the reactor's turn.
+        # A pipe, TCP or UNIX connection is read by the reactor itself; TLS
+        # reads through a wrapper, and is left to the reactor's turn.
         if self._ahead is not None and isinstance(self.transport, FileDescriptor):
             self._watched = self.transport
             self._ahead.watch(self.transport)
