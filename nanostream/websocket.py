@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 
 from nanostream.auth.admission import Admission, Refused
 from nanostream.auth.pacing import HandshakePacer
-from nanostream.auth.query import query_values
 from nanostream.autobahn_overrides import (
     HandshakeBounds,
     ReactorTimer,
@@ -36,6 +35,7 @@ from nanostream.autobahn_overrides import (
 )
 from nanostream.broadcast import Broadcaster
 from nanostream.clients import ClientTracker
+from nanostream.opening import LeanOpening
 from nanostream.ops.levels import logged
 from nanostream.sinks import ClientSink, sink_for, write_now
 
@@ -76,7 +76,7 @@ def _internal_error() -> ConnectionDeny:
 
 
 # Autobahn's Twisted adapter and its generic protocol annotate ``peer`` apart.
-class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # type: ignore[misc]
+class NanostreamServerProtocol(LeanOpening, HandshakeBounds, WebSocketServerProtocol):  # type: ignore[misc]
     """One listening client."""
 
     # Autobahn's own per-connection chatter (handshake failures, drops) would
@@ -98,7 +98,7 @@ class NanostreamServerProtocol(HandshakeBounds, WebSocketServerProtocol):  # typ
         Returns the subprotocol to select, or a Deferred firing with it.
         """
         try:
-            query = query_values(self.http_request_uri)
+            query = self._lean_query()
             with_ids = SUBPROTOCOL in request.protocols
             since = query.get("since", ())
             decision = self.factory.admission.decide(
