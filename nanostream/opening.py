@@ -34,7 +34,6 @@ _REQUEST = re.compile(
     r"GET (/[!-~]*) HTTP/1\.1\r\n"
     r"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*[ -~\t]*\r\n)*)\r\n"
 )
-_HEADER = re.compile(r"([^:]+):[ \t]*(.*?)[ \t]*\r\n")
 #: The base64 of 16 bytes, as RFC 6455 asks of Sec-WebSocket-Key.
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 _MATCH_ALL = ["^.*$"]
@@ -76,9 +75,13 @@ class LeanOpening(_Protocol):
         if match is None or self.maxConnections or self.trustXForwardedFor:
             return False
         uri = match[1]
-        pairs = _HEADER.findall(match[2])
-        headers = {name.lower(): value for name, value in pairs}
-        if len(headers) != len(pairs):
+        lines = match[2].split("\r\n")
+        lines.pop()
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip(" \t")
+        if len(headers) != len(lines):
             return False
         path = uri.partition("?")[0]
         host = headers.get("host")
