@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import io
+import pprint
 import types
 from typing import Any
 
@@ -178,6 +179,14 @@ class AutobahnTests(SynchronousTestCase):
         quiet_autobahn_debug(False)
         self.assertIs(protocol.hltype, hltype)
         self.assertIs(adapter.hlval, hlval)
+        self.assertIs(protocol.pformat, pprint.pformat)
+
+    def test_debug_off_prints_options_on_one_line(self) -> None:
+        """Still a string of the same value, for the few uses outside a log line."""
+        quiet_autobahn_debug(True)
+        options = [("a", 1, "Factory"), ("b", [2, 3], "Factory")] * 10
+        self.assertEqual(eval(protocol.pformat(options)), options)
+        self.assertNotIn("\n", protocol.pformat(options))
 
     def test_txaio_follows(self) -> None:
         """Autobahn's txaio loggers take the same level, so their calls are no-ops."""
