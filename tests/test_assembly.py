@@ -14,6 +14,7 @@ from twisted.logger import LogEvent, LogLevel, eventAsText
 from twisted.trial.unittest import SynchronousTestCase
 
 from nanostream.ops.collection import TimedFullCollections
+from nanostream.ops.dispatch import LeanDispatch
 from nanostream.ops.memory import MemoryTrimmer, StartupFreezer, malloc_trim
 from nanostream.sources.stdio import StdioSource
 from nanostream.sources.stream import LineSourceFactory
@@ -193,6 +194,15 @@ class MemoryAssemblyTests(SynchronousTestCase):
         """The heap is frozen only once every other service has started."""
         service = self.assemble("--secret", SECRET)
         self.assertIsInstance(list(service)[-1], StartupFreezer)
+
+    def test_reactor_dispatch_starts_first(self) -> None:
+        """The reactor's events go through the lean dispatch from the start."""
+        service = self.assemble("--secret", SECRET)
+        dispatch = list(service)[0]
+        self.assertIsInstance(dispatch, LeanDispatch)
+        self.start(service)
+        # A fake reactor is not Twisted's epoll loop: left alone.
+        self.assertFalse(dispatch.installed)
 
     def test_full_collections_timed(self) -> None:
         """The service runs full collections from its timer."""
