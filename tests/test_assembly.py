@@ -163,6 +163,15 @@ class MakeServiceTests(SynchronousTestCase):
             and event["log_level"] == LogLevel.warn
         ]
 
+    def test_reactor_dispatch_starts_first(self) -> None:
+        """The reactor's events go through the lean dispatch from the start."""
+        service = self.assemble("--secret", SECRET)
+        dispatch = list(service)[0]
+        self.assertIsInstance(dispatch, LeanDispatch)
+        self.start(service)
+        # A fake reactor is not Twisted's epoll loop: left alone.
+        self.assertFalse(dispatch.installed)
+
 
 class MemoryAssemblyTests(SynchronousTestCase):
     """The assembled service gives memory back and forgets expired tokens."""
@@ -194,15 +203,6 @@ class MemoryAssemblyTests(SynchronousTestCase):
         """The heap is frozen only once every other service has started."""
         service = self.assemble("--secret", SECRET)
         self.assertIsInstance(list(service)[-1], StartupFreezer)
-
-    def test_reactor_dispatch_starts_first(self) -> None:
-        """The reactor's events go through the lean dispatch from the start."""
-        service = self.assemble("--secret", SECRET)
-        dispatch = list(service)[0]
-        self.assertIsInstance(dispatch, LeanDispatch)
-        self.start(service)
-        # A fake reactor is not Twisted's epoll loop: left alone.
-        self.assertFalse(dispatch.installed)
 
     def test_full_collections_timed(self) -> None:
         """The service runs full collections from its timer."""
