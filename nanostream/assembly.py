@@ -20,6 +20,7 @@ from nanostream.auth.tokens import RECOMMENDED_SECRET_BYTES
 from nanostream.broadcast import Broadcaster
 from nanostream.listening import announced_service
 from nanostream.ops.collection import TimedFullCollections
+from nanostream.ops.dispatch import LeanDispatch
 from nanostream.ops.memory import MemoryTrimmer, ledger_pruner, malloc_trim, releaser
 from nanostream.resume.history import History
 from nanostream.server import Server, make_server
@@ -151,10 +152,14 @@ def line_source(
 
 
 def upkeep(server: Server, reactor: Any) -> tuple[MemoryTrimmer | None, list[Service]]:
-    """Timed full collections, the memory trimmer (where malloc can trim)
-    and the ledger's pruner; the first two wait while clients are let in."""
+    """The reactor's lean dispatch, timed full collections, the memory
+    trimmer (where malloc can trim) and the ledger's pruner; collections
+    and trimming wait while clients are let in."""
     busy = server.letting_in
-    services: list[Service] = [TimedFullCollections(clock=reactor, busy=busy)]
+    services: list[Service] = [
+        LeanDispatch(reactor),
+        TimedFullCollections(clock=reactor, busy=busy),
+    ]
     trimmer = None
     release = releaser(malloc_trim())
     if release is not None:

@@ -32,7 +32,6 @@ from nanostream.auth.tokens import TokenVerifier
 from nanostream.broadcast import DEFAULT_MAX_BUFFER_BYTES
 from nanostream.clients import BroadcastService
 from nanostream.numbers import number_option
-from nanostream.ops.dispatch import LeanDispatch
 from nanostream.ops.levels import CHOICES, DEFAULT, apply_log_level, level_option
 from nanostream.ops.memory import StartupFreezer
 from nanostream.ops.shutdown import StopOnTerm
@@ -332,7 +331,6 @@ def makeService(options: ServiceOptions, reactor: Any = None) -> MultiService:
     listening = listen_services(options, server, reactor)
     status = SourceStatus()
     services = [
-        LeanDispatch(reactor),
         StopOnTerm(reactor),
         BroadcastService(
             server.broadcaster, server.tracker, reactor, startup_warnings(options)
