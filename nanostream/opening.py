@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from autobahn.websocket.protocol import WebSocketProtocol, _url_to_origin
+from autobahn.websocket.protocol import _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -38,8 +38,6 @@ _REQUEST = re.compile(
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 _MATCH_ALL = ["^.*$"]
 _INTERNAL_ERROR = "Internal Server Error"
-
-_CONNECTING = WebSocketProtocol.STATE_CONNECTING
 
 if TYPE_CHECKING:
     from autobahn.twisted.websocket import WebSocketServerProtocol as _Protocol
